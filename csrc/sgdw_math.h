@@ -1,0 +1,64 @@
+// The FusedSGDW per-element update: written once, used by the CPU kernel (sgdw_cpu.cpp) and the
+// CUDA kernel (sgdw_cuda.cu), so the two cannot drift. The Python oracle (ops/reference.py) and the
+// Triton kernel (ops/triton_sgdw.py) spell the same steps; tests tie all four to torch.optim.SGD.
+//
+// Per element, in this order (g = grad, b = momentum buffer, arithmetic in opmath_t: float for
+// fp32/fp16/bf16 params, double for fp64):
+//   1. g = g / grad_scale                      (AMP; the caller stores the unscaled g back)
+//   2. g = -g                                  (maximize)
+//   3. g = g + wd * p                          (coupled L2, == torch.optim.SGD)
+//      p = p * (1 - lr * wd)                   (decoupled_weight_decay)
+//   4. b = g on the tensor's first step, else b = momentum * b + (1 - dampening) * g
+//   5. u = g + momentum * b (nesterov) else b
+//   6. p = p - lr * u
+#pragma once
+
+#if defined(__CUDACC__)
+#define FASTTRICK_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define FASTTRICK_HOST_DEVICE inline
+#endif
+
+namespace fasttrick {
+
+// Hyper-parameters of one launch, already converted to the arithmetic type. `one_minus_dampening`
+// is computed on the host in double, as torch.optim.SGD does (`alpha=1 - dampening`).
+template <typename opmath_t>
+struct SgdwScalars {
+  opmath_t lr;
+  opmath_t grad_scale;  // only read when has_grad_scale
+  opmath_t momentum;
+  opmath_t one_minus_dampening;
+  opmath_t weight_decay;
+  bool has_grad_scale;
+  bool has_momentum;
+  bool nesterov;
+  bool maximize;
+  bool decoupled_weight_decay;
+  bool first_step;
+};
+
+// Updates p and b in place and returns the (unscaled) gradient for the optional write-back.
+// `b` is not read on a first step, so an uninitialised buffer is fine there.
+template <typename opmath_t>
+FASTTRICK_HOST_DEVICE opmath_t sgdw_update(opmath_t& p, opmath_t g, opmath_t& b, const SgdwScalars<opmath_t>& s) {
+  if (s.has_grad_scale) {
+    g = g / s.grad_scale;
+  }
+  opmath_t d = s.maximize ? -g : g;
+  if (s.weight_decay != opmath_t(0)) {
+    if (s.decoupled_weight_decay) {
+      p = p * (opmath_t(1) - s.lr * s.weight_decay);
+    } else {
+      d = d + s.weight_decay * p;
+    }
+  }
+  if (s.has_momentum) {
+    b = s.first_step ? d : s.momentum * b + s.one_minus_dampening * d;
+    d = s.nesterov ? d + s.momentum * b : b;
+  }
+  p = p - s.lr * d;
+  return g;
+}
+
+}  // namespace fasttrick

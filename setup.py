@@ -1,0 +1,52 @@
+"""Builds fasttrick's C++/CUDA extensions; all metadata lives in pyproject.toml.
+
+Two independent extension modules register kernels for the one op schema defined in
+src/fasttrick/ops/library.py:
+  fasttrick._C       CPU kernel  (csrc/sgdw_cpu.cpp)
+  fasttrick._C_cuda  CUDA kernel (csrc/sgdw_cuda.cu), built when nvcc and a CUDA build of torch are found
+
+Environment variables:
+  FASTTRICK_SKIP_CPU_EXT=1    do not build fasttrick._C
+  FASTTRICK_SKIP_CUDA_EXT=1   do not build fasttrick._C_cuda
+  TORCH_CUDA_ARCH_LIST        CUDA architectures (default here: "9.0", the H100; torch's own default
+                              otherwise probes the local GPU)
+  MAX_JOBS                    parallel compile jobs (ninja)
+A missing extension never breaks `import fasttrick`: the Python side JIT-builds it with ninja on
+first use, or falls back to the Triton / foreach backends.
+"""
+
+import os
+
+from setuptools import setup
+
+ext_modules = []
+cmdclass = {}
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes")
+
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError as exc:  # building without torch: pure-Python install, JIT at first use
+    print(f"fasttrick: torch not importable at build time ({exc}); skipping the C++/CUDA extensions")
+else:
+    cxx_flags = ["-O3"]  # torch adds its own -std (C++17 up to 2.9, C++20 since)
+    if not _flag("FASTTRICK_SKIP_CPU_EXT"):
+        ext_modules.append(CppExtension("fasttrick._C", ["csrc/sgdw_cpu.cpp"], extra_compile_args={"cxx": cxx_flags}))
+    if not _flag("FASTTRICK_SKIP_CUDA_EXT") and CUDA_HOME is not None and torch.version.cuda is not None:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+        ext_modules.append(
+            CUDAExtension(
+                "fasttrick._C_cuda",
+                ["csrc/sgdw_cuda.cu"],
+                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+            )
+        )
+    elif not _flag("FASTTRICK_SKIP_CUDA_EXT"):
+        print("fasttrick: no CUDA toolkit (CUDA_HOME) or CPU-only torch; skipping fasttrick._C_cuda")
+    cmdclass = {"build_ext": BuildExtension}
+
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

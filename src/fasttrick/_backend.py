@@ -1,0 +1,90 @@
+"""Capability probes: what this process can run. Each probe runs once and keeps the original error,
+so an explicitly requested backend can say why it is missing.
+
+Ground floor: imports nothing else of the package, and never imports triton or DALI at import time.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+_CSRC = Path(__file__).resolve().parents[2] / "csrc"  # present in a source checkout (editable install)
+_EXTENSIONS = {
+    "cpu": ("fasttrick._C", ["sgdw_cpu.cpp"]),
+    "cuda": ("fasttrick._C_cuda", ["sgdw_cuda.cu"]),
+}
+
+
+@dataclass(frozen=True)
+class Probe:
+    available: bool
+    detail: str  # how it was found (version, prebuilt or JIT), or why not
+
+
+def triton_interpret() -> bool:
+    """Triton's interpreter runs kernels on CPU tensors; it must be chosen before triton is imported."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def triton_probe() -> Probe:
+    try:
+        import triton
+    except Exception as exc:  # ImportError, or a broken install raising at import
+        return Probe(False, f"triton is not importable: {type(exc).__name__}: {exc}")
+    mode = "interpreter (TRITON_INTERPRET=1)" if triton_interpret() else "compiled"
+    return Probe(True, f"triton {triton.__version__}, {mode}")
+
+
+@functools.cache
+def extension_probe(kind: str) -> Probe:
+    """Loads the prebuilt C++ ("cpu") or CUDA ("cuda") kernels; JIT-builds them with ninja if missing.
+
+    FASTTRICK_JIT=0 turns the JIT fallback off (e.g. where a first-use build of a minute is unwanted).
+    """
+    module, sources = _EXTENSIONS[kind]
+    try:
+        importlib.import_module(module)
+        return Probe(True, f"{module} (prebuilt)")
+    except ImportError as exc:
+        prebuilt_error = f"{module} not built ({exc})"
+    if kind == "cuda" and torch.version.cuda is None:
+        return Probe(False, f"{prebuilt_error}; this torch is a CPU-only build")
+    if os.environ.get("FASTTRICK_JIT", "1") == "0":
+        return Probe(False, f"{prebuilt_error}; JIT build disabled by FASTTRICK_JIT=0")
+    if not _CSRC.is_dir():
+        return Probe(False, f"{prebuilt_error}; no csrc/ next to the package to JIT-build from")
+    try:
+        from torch.utils import cpp_extension
+
+        cpp_extension.load(
+            name=f"fasttrick_jit_{kind}",
+            sources=[str(_CSRC / s) for s in sources],
+            extra_cflags=["-O3"],
+            extra_cuda_cflags=["-O3"],
+            is_python_module=False,
+        )
+    except Exception as exc:
+        return Probe(False, f"{prebuilt_error}; JIT build failed: {type(exc).__name__}: {exc}")
+    return Probe(True, "JIT-built with ninja (torch extensions cache)")
+
+
+@functools.cache
+def dali_probe() -> Probe:
+    """Looks for NVIDIA DALI without importing it (the import costs about a second)."""
+    if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
+        return Probe(False, "nvidia-dali is not installed (pip install 'fasttrick[dali]')")
+    for dist in ("nvidia-dali-cuda120", "nvidia-dali-cuda130", "nvidia-dali-cuda110"):
+        try:
+            return Probe(True, f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return Probe(True, "nvidia.dali (version unknown)")

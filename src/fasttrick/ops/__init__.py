@@ -1,0 +1,17 @@
+"""FusedSGDW update backends: pure PyTorch (reference, foreach), Triton, and the C++/CUDA extension.
+
+`dispatch.resolve_backend(name, device_type)` is the one entry; every backend function takes the
+arguments of the op schema in ops/library.py, in order.
+"""
+
+from .dispatch import BACKENDS, BackendUnavailableError, available_backends, resolve_backend
+from .reference import momentum_dtype, sgdw_reference_
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "available_backends",
+    "momentum_dtype",
+    "resolve_backend",
+    "sgdw_reference_",
+]

@@ -1,0 +1,3 @@
+from .sgdw import FusedSGDW
+
+__all__ = ["FusedSGDW"]
