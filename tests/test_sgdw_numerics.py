@@ -75,7 +75,9 @@ def test_low_precision_error_within_2x_of_torch(device, backend, config, dtype):
     """fp16/bf16 params: error against an fp64 run of the same update is at most 2x what
     torch.optim.SGD makes in the same dtype (ours keeps an fp32 buffer, so usually less)."""
     if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
-        pytest.skip("Triton's interpreter computes with numpy, which has no bfloat16; the GPU run covers it")
+        # Seen with triton 3.8: the interpreter truncates fp32 -> bf16 (1.0 + 2**-8 + 2**-12 -> 1.0);
+        # compiled Triton rounds to nearest even. The GPU run covers this case.
+        pytest.skip("Triton's interpreter rounds fp32 -> bf16 toward zero, unlike compiled Triton")
     shapes = [(127,), (278011,), (64, 32, 3, 3)]
     start = make_params(shapes, dtype=dtype)
     ours = clone_params(start)
