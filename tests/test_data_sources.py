@@ -158,7 +158,9 @@ def test_damaged_archive(damage, tmp_path, tiny):
     else:
         archive = tmp_path / "damaged.tar.gz"
         archive.write_bytes(np.random.default_rng(0).bytes(4096))
-    with pytest.raises(DataSourceError, match=r"(?s)Could not read archive .*damaged.*The file is damaged or truncated"):
+    with pytest.raises(
+        DataSourceError, match=r"(?s)Could not read archive .*damaged.*The file is damaged or truncated"
+    ):
         load_cifar10(archive)
 
 
@@ -172,7 +174,7 @@ def test_archive_without_cifar_layout(tmp_path):
 
 def test_wrong_number_of_classes(tmp_path, tiny):
     root = write_image_folder(tmp_path / "nine", tiny, classes=CLASSES[:9])
-    with pytest.raises(DataSourceError, match="has 9 class folders .*CIFAR-10 has 10"):
+    with pytest.raises(DataSourceError, match=r"has 9 class folders .*CIFAR-10 has 10"):
         load_cifar10(root)
 
 
