@@ -123,6 +123,10 @@ class DaliLoader:
         self.epoch = 0
         self.num_samples = len(images)
         self._feed = _BatchFeed(images, labels, train, batch_size, seed)
+        # None keeps DALI off CUDA entirely (DALI's CPU-only mode; -1 would still look for a GPU).
+        device_id = None
+        if device.type == "cuda":
+            device_id = device.index if device.index is not None else torch.cuda.current_device()
         self._pipeline_args = dict(
             feed=self._feed,
             device="gpu" if device.type == "cuda" else "cpu",
@@ -132,8 +136,7 @@ class DaliLoader:
             dali_dtype=_DALI_DTYPES[dtype],
             batch_size=batch_size,
             num_threads=num_threads,
-            # None keeps DALI off CUDA entirely (DALI's CPU-only mode; -1 would still look for a GPU).
-            device_id=None if device.type != "cuda" else (device.index or 0),
+            device_id=device_id,
             seed=seed,  # no DALI random operator is used; set for determinism of anything DALI adds
         )
         self._iterator = None
