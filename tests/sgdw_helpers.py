@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
 import torch
@@ -57,12 +56,9 @@ def assert_params_close(actual: list[Tensor], expected: list[Tensor], **tol) -> 
 
 
 def max_abs_error(values: list[Tensor], reference: list[Tensor]) -> float:
-    return max(
-        ((v.detach().double().cpu() - r.detach().double().cpu()).abs().max().item() for v, r in zip(values, reference)
-         if v.numel()),
-        default=0.0,
-    )
-
-
-def product_dicts(**axes) -> list[dict]:
-    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    errors = [
+        (v.detach().double().cpu() - r.detach().double().cpu()).abs().max().item()
+        for v, r in zip(values, reference, strict=True)
+        if v.numel()
+    ]
+    return max(errors, default=0.0)

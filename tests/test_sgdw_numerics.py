@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fasttrick import FusedSGDW
+
 from sgdw_helpers import (
     DEVICE_BACKENDS,
     FP32_TOL,
@@ -64,7 +65,9 @@ def test_matches_torch_sgd_fp32(device, backend, config):
     for p, q in zip(ours, theirs, strict=True):
         assert ("momentum_buffer" in opt.state[p]) == ("momentum_buffer" in ref.state[q])
         if "momentum_buffer" in opt.state[p]:
-            torch.testing.assert_close(opt.state[p]["momentum_buffer"].cpu(), ref.state[q]["momentum_buffer"], **FP32_TOL)
+            torch.testing.assert_close(
+                opt.state[p]["momentum_buffer"].cpu(), ref.state[q]["momentum_buffer"], **FP32_TOL
+            )
     assert "momentum_buffer" not in opt.state[ours[-1]]  # a param without a grad gets no state
 
 
@@ -107,9 +110,7 @@ def test_decoupled_weight_decay_matches_reference(device, backend, config):
     expected = clone_params(ours)
     grads = grad_stream(shapes, STEPS)
     run_steps(FusedSGDW(ours, backend=backend, decoupled_weight_decay=True, **_kwargs(kwargs)), ours, grads)
-    run_steps(
-        FusedSGDW(expected, backend="reference", decoupled_weight_decay=True, **_kwargs(kwargs)), expected, grads
-    )
+    run_steps(FusedSGDW(expected, backend="reference", decoupled_weight_decay=True, **_kwargs(kwargs)), expected, grads)
     assert_params_close(ours, expected, **FP32_TOL)
 
 

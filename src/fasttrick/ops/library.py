@@ -22,6 +22,19 @@ for _name in ("sgdw_", "sgdw_triton_"):
     _library.define(_name + SGDW_SCHEMA)
 
     @torch.library.register_fake(f"fasttrick::{_name}")
-    def _sgdw_fake(params, grads, momentum_buffers, lr, grad_scale, found_inf, momentum, dampening, weight_decay,
-                   nesterov, maximize, decoupled_weight_decay, first_step) -> None:
+    def _sgdw_fake(
+        params,
+        grads,
+        momentum_buffers,
+        lr,
+        grad_scale,
+        found_inf,
+        momentum,
+        dampening,
+        weight_decay,
+        nesterov,
+        maximize,
+        decoupled_weight_decay,
+        first_step,
+    ) -> None:
         return None

@@ -32,7 +32,12 @@ NUM_WARPS = 8
 # Address alignment (bytes) that lets the compiler emit vector loads.
 _VECTOR_ALIGNMENT = 16
 
-_TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float64: tl.float64}
+_TL_DTYPE = {
+    torch.float32: tl.float32,
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+    torch.float64: tl.float64,
+}
 
 
 @triton.jit
@@ -62,10 +67,11 @@ def _sgdw_kernel(
     pid = tl.program_id(0)
     t = tl.load(program_tensor + pid)
     offsets = tl.load(program_start + pid) + tl.arange(0, BLOCK)
-    mask = offsets < tl.load(numel_table + t)
+    numel = tl.load(numel_table + t)
     if HAS_FOUND_INF:
-        # A skipped AMP step masks every load and store: nothing is read or written.
-        mask = mask & (tl.load(found_inf_ptr) == 0)
+        # A skipped AMP step has no valid element: every load and store is masked off.
+        numel = tl.where(tl.load(found_inf_ptr) == 0, numel, 0)
+    mask = offsets < numel
     p_ptr = tl.load(pointer_table + t).to(tl.pointer_type(PARAM))
     g_ptr = tl.load(pointer_table + n_tensors + t).to(tl.pointer_type(PARAM))
     b_ptr = tl.load(pointer_table + 2 * n_tensors + t).to(tl.pointer_type(OPMATH))

@@ -93,7 +93,16 @@ class FusedSGDW(Optimizer):
                 raise TypeError(f"FusedSGDW supports float32, float16, bfloat16 and float64 parameters, got {p.dtype}")
         device = next(iter(devices))
         group["lr"] = _lr_tensor(group["lr"], device)
-        resolve_backend(group["backend"], device.type)  # raises now if an explicit backend cannot run
+        self._update_function(group["backend"], device.type)  # raises now if an explicit backend cannot run
+
+    def _update_function(self, backend: str, device_type: str) -> Callable[..., None]:
+        """The backend's update function, resolved once outside any compiled region: resolving probes
+        imports and extensions, which torch.compile cannot trace."""
+        updates = self.__dict__.setdefault("_updates", {})
+        key = (backend, device_type)
+        if key not in updates:
+            updates[key] = resolve_backend(backend, device_type)[1]
+        return updates[key]
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -113,7 +122,7 @@ class FusedSGDW(Optimizer):
         """
         saved_ids = itertools.chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         current = itertools.chain.from_iterable(g["params"] for g in self.param_groups)
-        param_of = dict(zip(saved_ids, current))
+        param_of = dict(zip(saved_ids, current, strict=True))
         buffers = {
             param_of[pid]: s["momentum_buffer"]
             for pid, s in state_dict["state"].items()
@@ -180,7 +189,7 @@ class FusedSGDW(Optimizer):
                 del self.state[p]["momentum_buffer"]
             return
 
-        _, update = resolve_backend(group["backend"], device.type)
+        update = self._update_function(group["backend"], device.type)
         for (_, first_step), (ps, gs, bs) in launches.items():
             update(
                 ps,
@@ -206,11 +215,11 @@ def _check_hyperparameters(group: dict[str, Any]) -> None:
             raise ValueError("Tensor lr must be 1-element")
         if not lr.is_floating_point():
             raise TypeError(f"Tensor lr must be floating point, got {lr.dtype}")
-    if not 0.0 <= lr:
+    if not lr >= 0.0:
         raise ValueError(f"Invalid learning rate: {lr}")
-    if not 0.0 <= group["momentum"]:
+    if not group["momentum"] >= 0.0:
         raise ValueError(f"Invalid momentum value: {group['momentum']}")
-    if not 0.0 <= group["weight_decay"]:
+    if not group["weight_decay"] >= 0.0:
         raise ValueError(f"Invalid weight_decay value: {group['weight_decay']}")
     if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")

@@ -1,0 +1,124 @@
+"""The fasttrick:: ops: registration, torch.compile, launch count, and what this machine must have built."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+from fasttrick import FusedSGDW, available_backends
+
+from sgdw_helpers import (
+    DEVICE_BACKENDS,
+    FP32_TOL,
+    assert_params_close,
+    clone_params,
+    grad_stream,
+    make_params,
+    run_steps,
+)
+
+RESNET_LIKE = (
+    [(64, 3, 3, 3)] + [(64, 64, 3, 3)] * 8 + [(64,)] * 20 + [(128, 64, 3, 3)] * 6 + [(128,)] * 25 + [(10,)] * 2
+)
+
+
+def test_backends_this_machine_must_have():
+    """CI names what its install must provide, so a silently missing extension fails here instead of
+    shrinking the test matrix (e.g. FASTTRICK_REQUIRE_BACKENDS=cpu,triton)."""
+    required = [b for b in os.environ.get("FASTTRICK_REQUIRE_BACKENDS", "").split(",") if b]
+    if not required:
+        pytest.skip("FASTTRICK_REQUIRE_BACKENDS is not set")
+    assert set(required) <= set(available_backends("cpu") + available_backends("cuda"))
+
+
+def test_cuda_extension_was_built():
+    """The CUDA kernel compiles wherever nvcc is (CI included); it can only run with a GPU."""
+    if os.environ.get("FASTTRICK_REQUIRE_CUDA_EXT") != "1":
+        pytest.skip("FASTTRICK_REQUIRE_CUDA_EXT is not set")
+    importlib.import_module("fasttrick._C_cuda")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("fasttrick::sgdw_", "CUDA")
+
+
+def _op_args(device, momentum=0.9, first_step=False, found_inf=None):
+    params = [t.detach() for t in make_params([(127,), (5, 7), ()], device=device)]
+    grads = [torch.randn_like(p) for p in params]
+    bufs = [torch.randn_like(p) for p in params] if momentum else []
+    lr = torch.tensor(0.1, device=device)
+    return (params, grads, bufs, lr, None, found_inf, momentum, 0.0, 1e-4, False, False, False, first_step)
+
+
+@pytest.mark.parametrize("op_name", ["sgdw_", "sgdw_triton_"])
+@pytest.mark.parametrize(("device", "backend"), [(d, b) for d, b in DEVICE_BACKENDS if b in ("cpu", "cuda", "triton")])
+def test_opcheck(device, backend, op_name):
+    """torch.library.opcheck: schema, fake implementation and mutation annotations agree."""
+    if (op_name == "sgdw_triton_") != (backend == "triton"):
+        pytest.skip("op and backend do not go together")
+    from fasttrick.ops import resolve_backend
+
+    resolve_backend(backend, device)  # loads the kernels
+    op = getattr(torch.ops.fasttrick, op_name)
+    torch.library.opcheck(op, _op_args(device), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(op, _op_args(device, momentum=0.0, first_step=True), test_utils=("test_schema",))
+
+
+@pytest.mark.parametrize(("device", "backend"), DEVICE_BACKENDS)
+def test_compiled_step_has_no_graph_break_and_no_lr_recompile(device, backend):
+    """torch.compile(fullgraph=True) of a function that calls step(): one graph for the first step
+    (it creates state) and one for the rest; changing lr in place, as torch's LR schedulers do,
+    recompiles nothing."""
+    shapes = [(127,), (64, 32, 3, 3)]
+    params = make_params(shapes, device=device)
+    expected = clone_params(params)
+    opt = FusedSGDW(params, backend=backend, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    ref = FusedSGDW(expected, backend="reference", lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+    graphs = 0
+
+    def counting_backend(gm, example_inputs):
+        nonlocal graphs
+        graphs += 1
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)  # fake tensors -> register_fake
+
+    def train_step():
+        opt.step()
+
+    torch._dynamo.reset()
+    compiled_step = torch.compile(train_step, backend=counting_backend, fullgraph=True)
+    for step, step_grads in enumerate(grad_stream(shapes, 6)):
+        for p, q, g in zip(params, expected, step_grads, strict=True):
+            p.grad, q.grad = g.to(device), g.clone()
+        compiled_step()
+        ref.step()
+        for o in (opt, ref):
+            o.param_groups[0]["lr"].fill_(0.1 * 0.7 ** (step + 1))
+    assert graphs <= 2, f"{graphs} graphs compiled for 6 steps"
+    assert_params_close(params, expected, **FP32_TOL)
+
+
+@pytest.mark.parametrize("device", [d for d, b in DEVICE_BACKENDS if b == "triton"])
+def test_triton_is_one_launch_per_group_and_reuses_its_tables(device, monkeypatch):
+    from fasttrick.ops import triton_sgdw
+
+    launches = []
+    kernel = triton_sgdw._sgdw_kernel
+
+    class CountingKernel:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(triton_sgdw, "_sgdw_kernel", CountingKernel())
+    params = make_params(RESNET_LIKE, device=device)
+    opt = FusedSGDW(params, lr=0.1, momentum=0.9, backend="triton")
+    grads = grad_stream(RESNET_LIKE, 3)
+    run_steps(opt, params, grads[:1])  # first step: buffers created
+    tables_after_first_step = set(triton_sgdw._TABLE_CACHE)
+    for step_grads in grads[1:]:  # .grad tensors kept, as with zero_grad(set_to_none=False)
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad.copy_(g)
+        opt.step()
+    assert len(launches) == 3  # 65 tensors, one launch a step
+    assert set(triton_sgdw._TABLE_CACHE) == tables_after_first_step  # no table rebuilt after the first step
