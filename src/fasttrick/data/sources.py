@@ -1,7 +1,8 @@
 """CIFAR-10 sources, decoding, and the uint8 NHWC cache.
 
-A source is decoded once into a cache file; every later run loads that file (~0.3 s for the
-184 MB of uint8 pixels, train + test) instead of touching JPEGs or pickles again.
+A source is decoded once into a cache file (~11 s for the JPEG archive on 2 cores); every later run
+loads that file (0.1-0.9 s for the 184 MB of uint8 pixels, train + test, warm or cold page cache)
+instead of touching JPEGs or pickles again.
 
 Sources, in the order :func:`resolve_source` tries them:
 
@@ -110,18 +111,19 @@ class Cifar10:
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """Per-channel mean and std of uint8 NHWC images, in pixel units (float64 accumulation)."""
+    """Per-channel mean and std of uint8 NHWC images, in pixel units.
+
+    From a 256-bin histogram per channel: exact, ~1.2 s for the 153.6 MB training set on 2 cores, and
+    no float64 copy (8x the data) of the pixels. Runs once, when the cache is built.
+    """
     pixels = images.reshape(-1, images.shape[-1])
-    # Chunked so the float64 temporary stays ~100 MB instead of 8x the 154 MB training set.
-    total = np.zeros(pixels.shape[1])
-    total_sq = np.zeros(pixels.shape[1])
-    for start in range(0, len(pixels), 1 << 22):
-        chunk = pixels[start : start + (1 << 22)].astype(np.float64)
-        total += chunk.sum(0)
-        total_sq += np.square(chunk).sum(0)
-    mean = total / len(pixels)
-    std = np.sqrt(total_sq / len(pixels) - mean**2)
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    values = np.arange(256.0)
+    mean, std = [], []
+    for channel in range(pixels.shape[1]):
+        histogram = np.bincount(pixels[:, channel], minlength=256) / len(pixels)
+        mean.append(float(histogram @ values))
+        std.append(float(np.sqrt(histogram @ (values - mean[-1]) ** 2)))
+    return tuple(mean), tuple(std)
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +199,7 @@ def _fingerprint(kind: str, path: Path) -> str:
 
     For folders the class directories' mtimes change whenever a file is added, removed or
     renamed in them; an image edited in place is not noticed (hashing 60k files on every load
-    would cost more than the ~0.3 s cache load itself).
+    would cost more than the cache load itself).
     """
     stats = [path.stat()]
     if kind == "folder":
@@ -289,7 +291,8 @@ def _decode_batches(read: dict[str, bytes], where: str) -> Cifar10:
 
 def _decode_archive(path: Path, origin: str) -> Cifar10:
     """Read every member in one streaming pass ("r|*": xz cannot seek cheaply), then decide the layout
-    from the member names. The JPEG archive (18.6 MB) reads in ~2.5 s here, decoding takes ~4.5 s more."""
+    from the member names. The JPEG archive (18.6 MB) reads in ~2.5 s here; PIL decodes its 60 000
+    images in ~5 s more (threads do not help: PIL's header parsing holds the GIL)."""
     members: dict[str, bytes] = {}
     try:
         with tarfile.open(path, "r|*") as archive:
