@@ -35,7 +35,15 @@ except ImportError as exc:  # building without torch: pure-Python install, JIT a
 else:
     cxx_flags = ["-O3"]  # torch adds its own -std (C++17 up to 2.9, C++20 since)
     if not _flag("FASTTRICK_SKIP_CPU_EXT"):
-        ext_modules.append(CppExtension("fasttrick._C", ["csrc/sgdw_cpu.cpp"], extra_compile_args={"cxx": cxx_flags}))
+        # -fopenmp: at::parallel_for is header code that runs serially unless _OPENMP is defined.
+        ext_modules.append(
+            CppExtension(
+                "fasttrick._C",
+                ["csrc/sgdw_cpu.cpp"],
+                extra_compile_args={"cxx": [*cxx_flags, "-fopenmp"]},
+                extra_link_args=["-fopenmp"],
+            )
+        )
     if not _flag("FASTTRICK_SKIP_CUDA_EXT") and CUDA_HOME is not None and torch.version.cuda is not None:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
         ext_modules.append(

@@ -39,25 +39,26 @@ struct SgdwScalars {
 };
 
 // Updates p and b in place and returns the (unscaled) gradient for the optional write-back.
-// `b` is not read on a first step, so an uninitialised buffer is fine there.
-template <typename opmath_t>
-FASTTRICK_HOST_DEVICE opmath_t sgdw_update(opmath_t& p, opmath_t g, opmath_t& b, const SgdwScalars<opmath_t>& s) {
+// V is the value type: opmath_t itself, or a SIMD vector of it (at::vec::Vectorized on the CPU);
+// V(x) broadcasts a scalar. `b` is not read on a first step, so an uninitialised buffer is fine there.
+template <typename V, typename opmath_t>
+FASTTRICK_HOST_DEVICE V sgdw_update(V& p, V g, V& b, const SgdwScalars<opmath_t>& s) {
   if (s.has_grad_scale) {
-    g = g / s.grad_scale;
+    g = g / V(s.grad_scale);
   }
-  opmath_t d = s.maximize ? -g : g;
+  V d = s.maximize ? -g : g;
   if (s.weight_decay != opmath_t(0)) {
     if (s.decoupled_weight_decay) {
-      p = p * (opmath_t(1) - s.lr * s.weight_decay);
+      p = p * V(opmath_t(1) - s.lr * s.weight_decay);
     } else {
-      d = d + s.weight_decay * p;
+      d = d + V(s.weight_decay) * p;
     }
   }
   if (s.has_momentum) {
-    b = s.first_step ? d : s.momentum * b + s.one_minus_dampening * d;
-    d = s.nesterov ? d + s.momentum * b : b;
+    b = s.first_step ? d : V(s.momentum) * b + V(s.one_minus_dampening) * d;
+    d = s.nesterov ? d + V(s.momentum) * b : b;
   }
-  p = p - s.lr * d;
+  p = p - V(s.lr) * d;
   return g;
 }
 

@@ -68,7 +68,8 @@ def extension_probe(kind: str) -> Probe:
         cpp_extension.load(
             name=f"fasttrick_jit_{kind}",
             sources=[str(_CSRC / s) for s in sources],
-            extra_cflags=["-O3"],
+            extra_cflags=["-O3", "-fopenmp"],  # -fopenmp: see setup.py
+            extra_ldflags=["-fopenmp"],
             extra_cuda_cflags=["-O3"],
             is_python_module=False,
         )
