@@ -16,8 +16,9 @@
 #if defined(__CUDACC__)
 #define FASTTRICK_HOST_DEVICE __host__ __device__ __forceinline__
 #else
-#define FASTTRICK_HOST_DEVICE inline
+#define FASTTRICK_HOST_DEVICE inline __attribute__((always_inline))
 #endif
+#define FASTTRICK_ALWAYS_INLINE inline __attribute__((always_inline))
 
 namespace fasttrick {
 
@@ -39,7 +40,7 @@ struct SgdwScalars {
 };
 
 // Updates p and b in place and returns the (unscaled) gradient for the optional write-back.
-// V is the value type: opmath_t itself, or a SIMD vector of it (at::vec::Vectorized on the CPU);
+// V is the value type: opmath_t itself, or a SIMD register of it (Simd in sgdw_cpu.cpp);
 // V(x) broadcasts a scalar. `b` is not read on a first step, so an uninitialised buffer is fine there.
 template <typename V, typename opmath_t>
 FASTTRICK_HOST_DEVICE V sgdw_update(V& p, V g, V& b, const SgdwScalars<opmath_t>& s) {
