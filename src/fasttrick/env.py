@@ -1,0 +1,45 @@
+"""`python -m fasttrick.env`: what this machine can run (versions, FusedSGDW backends, DALI).
+
+`environment_report()` returns the same facts as a dict, for run folders and benchmark results.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from . import __version__, _backend
+from .ops import available_backends
+
+
+def environment_report() -> dict[str, object]:
+    triton = _backend.triton_probe()
+    cuda = torch.cuda.is_available()
+    return {
+        "fasttrick": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name() if cuda else None,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "triton": triton.detail,
+        "cpu_extension": _backend.extension_probe("cpu").detail,
+        "cuda_extension": _backend.extension_probe("cuda").detail if torch.version.cuda else "CPU-only torch",
+        "backends_cpu": available_backends("cpu"),
+        "backends_cuda": available_backends("cuda") if cuda else [],
+        "dali": _backend.dali_probe().detail,
+    }
+
+
+def main() -> None:
+    report = environment_report()
+    width = max(map(len, report))
+    for key, value in report.items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        print(f"{key:<{width}}  {shown if shown not in (None, '') else '-'}")
+
+
+if __name__ == "__main__":
+    main()
