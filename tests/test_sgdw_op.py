@@ -122,3 +122,43 @@ def test_triton_is_one_launch_per_group_and_reuses_its_tables(device, monkeypatc
         opt.step()
     assert len(launches) == 3  # 65 tensors, one launch a step
     assert set(triton_sgdw._TABLE_CACHE) == tables_after_first_step  # no table rebuilt after the first step
+
+
+_PTX_PROBE = """
+import json, re, triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fasttrick.ops.triton_sgdw import BLOCK, NUM_WARPS, _sgdw_kernel
+
+runtime_args = {"pointer_table": "*i64", "numel_table": "*i64", "program_tensor": "*i32", "program_start": "*i64",
+                "n_tensors": "i32", "lr_ptr": "*fp32", "grad_scale_ptr": "*fp32", "found_inf_ptr": "*fp32",
+                "hyper_ptr": "*fp32"}
+kinds = {}
+for aligned in (True, False):
+    constexprs = dict(PARAM=tl.float32, OPMATH=tl.float32, HAS_GRAD_SCALE=False, HAS_FOUND_INF=True,
+                      HAS_MOMENTUM=True, HAS_WEIGHT_DECAY=True, NESTEROV=False, MAXIMIZE=False, DECOUPLED=False,
+                      FIRST_STEP=False, ALIGNED=aligned, BLOCK=BLOCK)
+    signature = {**runtime_args, **{name: "constexpr" for name in constexprs}}
+    names = list(signature)
+    source = ASTSource(fn=_sgdw_kernel, signature=signature,
+                       constexprs={(names.index(n),): v for n, v in constexprs.items()})
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": NUM_WARPS}).asm["ptx"]
+    kinds[str(aligned)] = sorted(set(re.findall(r"(?:ld|st)\\.global[.\\w]*", ptx)))
+print(json.dumps(kinds))
+"""
+
+
+def test_triton_kernel_compiles_for_h100_with_vector_access():
+    """Compiles the Triton kernel for sm_90 (no GPU needed) and reads its PTX: aligned launches must move
+    parameters with 16-byte vector loads and stores, unaligned ones fall back to scalar accesses."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter cannot compile
+    out = subprocess.run([sys.executable, "-c", _PTX_PROBE], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    kinds = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "ld.global.v4.b32" in kinds["True"] and "st.global.v4.b32" in kinds["True"]
+    assert "ld.global.v4.b32" not in kinds["False"]

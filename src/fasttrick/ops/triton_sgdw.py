@@ -66,31 +66,91 @@ def _sgdw_kernel(
 ):
     pid = tl.program_id(0)
     t = tl.load(program_tensor + pid)
-    offsets = tl.load(program_start + pid) + tl.arange(0, BLOCK)
+    start = tl.load(program_start + pid)
+    offsets = start + tl.arange(0, BLOCK)
     numel = tl.load(numel_table + t)
     if HAS_FOUND_INF:
-        # A skipped AMP step has no valid element: every load and store is masked off.
+        # A skipped AMP step has no valid element: every load and store below is masked off.
         numel = tl.where(tl.load(found_inf_ptr) == 0, numel, 0)
-    mask = offsets < numel
-    p_ptr = tl.load(pointer_table + t).to(tl.pointer_type(PARAM))
-    g_ptr = tl.load(pointer_table + n_tensors + t).to(tl.pointer_type(PARAM))
-    b_ptr = tl.load(pointer_table + 2 * n_tensors + t).to(tl.pointer_type(OPMATH))
+    p_ptrs = tl.load(pointer_table + t).to(tl.pointer_type(PARAM)) + offsets
+    g_ptrs = tl.load(pointer_table + n_tensors + t).to(tl.pointer_type(PARAM)) + offsets
+    b_ptrs = tl.load(pointer_table + 2 * n_tensors + t).to(tl.pointer_type(OPMATH)) + offsets
     if ALIGNED:
-        p_ptr = tl.multiple_of(p_ptr, 16)
-        g_ptr = tl.multiple_of(g_ptr, 16)
-        b_ptr = tl.multiple_of(b_ptr, 16)
-
+        # The addresses come from a table, so the compiler cannot see that they are 16-byte aligned
+        # (the launcher checked): without this hint, and without the unmasked path below, sm_90 PTX
+        # has only scalar ld.global.b32; with both, the full blocks use ld/st.global.v4.b32.
+        p_ptrs = tl.multiple_of(p_ptrs, 16)
+        g_ptrs = tl.multiple_of(g_ptrs, 16)
+        b_ptrs = tl.multiple_of(b_ptrs, 16)
     lr = tl.load(lr_ptr).to(OPMATH)
+    if start + BLOCK <= numel:
+        _sgdw_block(
+            p_ptrs,
+            g_ptrs,
+            b_ptrs,
+            None,
+            lr,
+            grad_scale_ptr,
+            hyper_ptr,
+            PARAM,
+            OPMATH,
+            HAS_GRAD_SCALE,
+            HAS_MOMENTUM,
+            HAS_WEIGHT_DECAY,
+            NESTEROV,
+            MAXIMIZE,
+            DECOUPLED,
+            FIRST_STEP,
+        )
+    else:  # the tensor's tail, or a skipped step
+        _sgdw_block(
+            p_ptrs,
+            g_ptrs,
+            b_ptrs,
+            offsets < numel,
+            lr,
+            grad_scale_ptr,
+            hyper_ptr,
+            PARAM,
+            OPMATH,
+            HAS_GRAD_SCALE,
+            HAS_MOMENTUM,
+            HAS_WEIGHT_DECAY,
+            NESTEROV,
+            MAXIMIZE,
+            DECOUPLED,
+            FIRST_STEP,
+        )
+
+
+@triton.jit
+def _sgdw_block(
+    p_ptrs,
+    g_ptrs,
+    b_ptrs,
+    mask,  # None for a full block: unmasked accesses vectorise
+    lr,
+    grad_scale_ptr,
+    hyper_ptr,
+    PARAM: tl.constexpr,
+    OPMATH: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_MOMENTUM: tl.constexpr,
+    HAS_WEIGHT_DECAY: tl.constexpr,
+    NESTEROV: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    DECOUPLED: tl.constexpr,
+    FIRST_STEP: tl.constexpr,
+):
+    """The update of ops/reference.py, step for step, on one block."""
     momentum = tl.load(hyper_ptr)
     one_minus_dampening = tl.load(hyper_ptr + 1)
     weight_decay = tl.load(hyper_ptr + 2)
-
-    # The update of ops/reference.py, step for step.
-    p = tl.load(p_ptr + offsets, mask=mask).to(OPMATH)
-    g = tl.load(g_ptr + offsets, mask=mask).to(OPMATH)
+    p = tl.load(p_ptrs, mask=mask).to(OPMATH)
+    g = tl.load(g_ptrs, mask=mask).to(OPMATH)
     if HAS_GRAD_SCALE:
         g = g / tl.load(grad_scale_ptr).to(OPMATH)
-        tl.store(g_ptr + offsets, g.to(PARAM), mask=mask)
+        tl.store(g_ptrs, g.to(PARAM), mask=mask)
     d = g
     if MAXIMIZE:
         d = -g
@@ -103,14 +163,14 @@ def _sgdw_kernel(
         if FIRST_STEP:
             b = d
         else:
-            b = momentum * tl.load(b_ptr + offsets, mask=mask) + one_minus_dampening * d
-        tl.store(b_ptr + offsets, b, mask=mask)
+            b = momentum * tl.load(b_ptrs, mask=mask) + one_minus_dampening * d
+        tl.store(b_ptrs, b, mask=mask)
         if NESTEROV:
             d = d + momentum * b
         else:
             d = b
     p = p - lr * d
-    tl.store(p_ptr + offsets, p.to(PARAM), mask=mask)
+    tl.store(p_ptrs, p.to(PARAM), mask=mask)
 
 
 @dataclass(frozen=True)
