@@ -162,3 +162,34 @@ def test_triton_kernel_compiles_for_h100_with_vector_access():
     kinds = json.loads(out.stdout.strip().splitlines()[-1])
     assert "ld.global.v4.b32" in kinds["True"] and "st.global.v4.b32" in kinds["True"]
     assert "ld.global.v4.b32" not in kinds["False"]
+
+
+_JIT_PROBE = """
+import torch
+from fasttrick import FusedSGDW, _backend
+probe = _backend.extension_probe("cpu")
+assert probe.available and "JIT" in probe.detail, probe.detail
+params = [torch.randn(1000, requires_grad=True) for _ in range(2)]
+expected = [p.detach().clone().requires_grad_() for p in params]
+for ps, backend in ((params, "cpu"), (expected, "reference")):
+    opt = FusedSGDW(ps, lr=0.1, momentum=0.9, weight_decay=5e-4, backend=backend)
+    for step in range(3):
+        for i, p in enumerate(ps):
+            p.grad = torch.full_like(p, 0.1 * (step + i + 1))
+        opt.step()
+for p, e in zip(params, expected):
+    torch.testing.assert_close(p, e, rtol=1.3e-6, atol=1e-5)
+print("jit ok")
+"""
+
+
+@pytest.mark.slow
+def test_missing_cpu_extension_is_jit_built_with_ninja(tmp_path):
+    """Without the prebuilt module, the first use JIT-builds csrc/ with ninja (about a minute here)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FASTTRICK_PREBUILT": "0", "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", _JIT_PROBE], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "jit ok" in out.stdout

@@ -48,14 +48,18 @@ def triton_probe() -> Probe:
 def extension_probe(kind: str) -> Probe:
     """Loads the prebuilt C++ ("cpu") or CUDA ("cuda") kernels; JIT-builds them with ninja if missing.
 
-    FASTTRICK_JIT=0 turns the JIT fallback off (e.g. where a first-use build of a minute is unwanted).
+    FASTTRICK_JIT=0 turns the JIT fallback off (e.g. where a first-use build of a minute is unwanted);
+    FASTTRICK_PREBUILT=0 skips the prebuilt module and JIT-builds csrc/ (kernel work without reinstalling).
     """
     module, sources = _EXTENSIONS[kind]
-    try:
-        importlib.import_module(module)
-        return Probe(True, f"{module} (prebuilt)")
-    except ImportError as exc:
-        prebuilt_error = f"{module} not built ({exc})"
+    if os.environ.get("FASTTRICK_PREBUILT", "1") == "0":
+        prebuilt_error = f"{module} skipped (FASTTRICK_PREBUILT=0)"
+    else:
+        try:
+            importlib.import_module(module)
+            return Probe(True, f"{module} (prebuilt)")
+        except ImportError as exc:
+            prebuilt_error = f"{module} not built ({exc})"
     if kind == "cuda" and torch.version.cuda is None:
         return Probe(False, f"{prebuilt_error}; this torch is a CPU-only build")
     if os.environ.get("FASTTRICK_JIT", "1") == "0":
