@@ -17,6 +17,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 Curves = Mapping[str, Sequence[Mapping[str, Any]]]
 
@@ -80,6 +81,7 @@ def _overlay(curves: Curves, key: str, scale: float = 1.0) -> tuple[Figure, Any]
         if first_bad is not None:
             ax.axvline(first_bad, color=line.get_color(), linestyle=":", linewidth=1.0, label="_nolegend_")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
     if ax.get_lines():
         ax.legend(fontsize="small", ncol=2 if len(curves) > 8 else 1)

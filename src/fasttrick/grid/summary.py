@@ -128,6 +128,8 @@ def read_grid(grid_dir: Path) -> list[RunRecord]:
     Raises `NotAGridFolder` when grid_dir has no grid.yaml or no run folder yet.
     """
     grid_dir = Path(grid_dir)
+    if not grid_dir.is_dir():
+        raise NotAGridFolder(f"{grid_dir} is not a grid folder: no such folder")
     if not (grid_dir / GRID_FILE).is_file():
         hint = ""
         if any((grid_dir / marker).exists() for marker in RUN_MARKERS):
@@ -178,8 +180,8 @@ MARKDOWN_COLUMNS = (
 MARKDOWN_NOTES = f"""\
 - **best val acc / epoch of best**: the highest validation accuracy of any epoch, and the first epoch
   that reached it. **final val acc**: the last finished epoch's, what the run ends with.
-- **epochs / time to {" and ".join(f"{round(m * 100)}%" for m in MILESTONES)}**: the first epoch whose \
-validation accuracy reached it, and the run's wall time at the end of that epoch; - : not reached.
+- **epochs / time to {" and ".join(f"{round(m * 100)}%" for m in MILESTONES)}**: the first epoch whose validation accuracy reached
+  it, and the run's wall time at the end of that epoch; - : not reached.
 - **images/s**: training throughput, mean over the epochs after the first (which pays torch.compile).
 - **wall time**: the run's wall time (training and evaluation) at the end of its last finished epoch.
 - Non-finite values (a diverged run's NaN/inf) count as missing; the plots mark the epoch a run went
