@@ -1,0 +1,464 @@
+"""Typed configuration of one training run, and of a grid file that expands into many.
+
+A run (:class:`RunConfig`)::
+
+    seed: 0
+    data:      {root: null, loader: auto, batch_size: 512, train_subset: null, test_subset: null}
+    model:     {name: resnet18, width: 1.0, channels_last: true}
+    train:     {epochs: 30, device: auto, precision: auto, compile: auto, compile_mode: default,
+                compile_backend: inductor, deterministic: false, label_smoothing: 0.0}
+    optimizer: {name: fused_sgdw, lr: 0.1, momentum: 0.9, weight_decay: 5.0e-4, ...}   # one of OPTIMIZERS
+    scheduler: {name: step, step_size: 35%, gamma: 0.1}                                # one of SCHEDULERS
+    warmup:    {epochs: 0, start_factor: 0.1}
+
+Epoch-valued schedule fields (``step_size``, ``milestones``, ``t_0``, ``patience``, ``cooldown``,
+``warmup.epochs``) take whole epochs (``70``) or a share of ``train.epochs`` (``"35%"``), so one file keeps
+the post's shape at 30 and at 200 epochs: 35% is every 70 epochs of 200 and every 11 of 30.
+
+A grid file (:class:`GridFile`) is a base run, optional named profiles, then runs and axes; see
+``fasttrick.grid``. Validation errors name the key's path and suggest the nearest valid key or name
+(:func:`describe_errors`). PyYAML reads ``1e-3`` as a string; :func:`load_yaml` reads it as a float.
+
+This module imports nothing else of fasttrick.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "METRICS",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "ConfigError",
+    "EpochSpec",
+    "GridFile",
+    "RunConfig",
+    "config_warnings",
+    "describe_errors",
+    "dump_yaml",
+    "load_yaml",
+    "resolve_epochs",
+]
+
+OPTIMIZERS = ("fused_sgdw", "sgd", "adam", "adamw", "nadam")
+SCHEDULERS = ("step", "multistep", "cosine", "cosine_restarts", "plateau", "constant")
+METRICS = ("val_acc", "val_loss", "train_loss")
+PROFILES = ("quick", "faithful")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; ``problems`` holds one line per problem (key path: what, suggestion)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid config:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML: floats like 1e-3 (YAML 1.2) instead of strings (PyYAML's YAML 1.1)
+# ---------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _first in list("-+0123456789."):
+    _Loader.yaml_implicit_resolvers[_first] = [
+        (tag, rx) for tag, rx in _Loader.yaml_implicit_resolvers.get(_first, []) if tag != "tag:yaml.org,2002:float"
+    ]
+    _Loader.yaml_implicit_resolvers[_first].append(("tag:yaml.org,2002:float", _FLOAT))
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that reads ``1e-3`` / ``5E-4`` as floats, as YAML 1.2 does."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=120)
+
+
+# ---------------------------------------------------------------------------------------------
+# Epoch counts: whole epochs or a share of the run
+# ---------------------------------------------------------------------------------------------
+
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def _check_epoch_spec(value: Any) -> int | str:
+    if isinstance(value, bool):
+        raise ValueError("expected whole epochs (e.g. 70) or a share of train.epochs (e.g. '35%')")
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        if value < 0:
+            raise ValueError(f"must be >= 0 epochs, got {value}")
+        return int(value)
+    if isinstance(value, str) and _PERCENT.match(value):
+        return value.strip()
+    raise ValueError(f"expected whole epochs (e.g. 70) or a share of train.epochs (e.g. '35%'), got {value!r}")
+
+
+EpochSpec = Annotated[int | str, Field(union_mode="left_to_right")]
+
+
+def resolve_epochs(spec: int | str, epochs: int, *, minimum: int = 0) -> int:
+    """Whole epochs for ``spec``: an int as is, ``"35%"`` as round(0.35 * epochs) (half up), at least ``minimum``."""
+    if isinstance(spec, int):
+        return max(minimum, spec)
+    share = float(_PERCENT.match(spec).group(1)) / 100
+    return max(minimum, int(share * epochs + 0.5))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _epoch_fields(*names: str):
+    return field_validator(*names, mode="before")(lambda cls, v: _check_epoch_spec(v))
+
+
+# ---------------------------------------------------------------------------------------------
+# Run: data, model, train
+# ---------------------------------------------------------------------------------------------
+
+
+class DataConfig(_Strict):
+    root: str | None = None  # CIFAR-10 source; None: $FASTTRICK_DATA, else torchvision's download
+    loader: Literal["auto", "torch", "dali"] = "auto"
+    batch_size: int = Field(512, ge=1)
+    train_subset: int | None = Field(None, ge=1)  # the first N of a fixed shuffle (same for every run and seed)
+    test_subset: int | None = Field(None, ge=1)
+
+
+class ModelConfig(_Strict):
+    name: Literal["resnet18"] = "resnet18"
+    width: float = Field(1.0, gt=0)  # channels x width; 1.0 is the standard 11.17 M-parameter ResNet-18
+    channels_last: bool = True
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(30, ge=1)
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    compile: Literal["auto"] | bool = "auto"  # auto: on for GPU, off for CPU
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    compile_backend: str = "inductor"  # any torch.compile backend; "aot_eager" compiles fast on CPU (tests)
+    deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn.benchmark off
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizers (discriminated on name)
+# ---------------------------------------------------------------------------------------------
+
+_Lr = Annotated[float, Field(gt=0)]
+_Decay = Annotated[float, Field(ge=0)]
+_Momentum = Annotated[float, Field(ge=0, lt=1)]
+
+
+class _SGDBase(_Strict):
+    lr: _Lr = 0.1
+    momentum: _Momentum = 0.9
+    dampening: float = Field(0.0, ge=0, le=1)
+    nesterov: bool = False
+    weight_decay: _Decay = 5e-4  # coupled L2 on every parameter (biases and BN included), as the post's torch SGD
+
+    @model_validator(mode="after")
+    def _nesterov(self):
+        if self.nesterov and (self.momentum == 0 or self.dampening != 0):
+            raise ValueError("nesterov needs momentum > 0 and dampening = 0")
+        return self
+
+
+class FusedSGDWConfig(_SGDBase):
+    """fasttrick.FusedSGDW: torch.optim.SGD's update in one fused kernel (the default SGD path)."""
+
+    name: Literal["fused_sgdw"]
+    decoupled_weight_decay: bool = False  # True: SGDW, p *= 1 - lr * wd outside the momentum buffer
+    backend: Literal["auto", "triton", "cuda", "cpu", "foreach", "reference"] = "auto"
+
+
+class SGDConfig(_SGDBase):
+    """torch.optim.SGD (fused on CUDA, foreach on CPU)."""
+
+    name: Literal["sgd"]
+
+
+class AdamConfig(_Strict):
+    """torch.optim.Adam (weight_decay = coupled L2) or AdamW (decoupled); fused on CUDA."""
+
+    name: Literal["adam", "adamw"]
+    lr: _Lr = 1e-3
+    betas: tuple[_Momentum, _Momentum] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: _Decay = 0.0
+    amsgrad: bool = False
+
+
+class NAdamConfig(_Strict):
+    """torch.optim.NAdam: Adam with Nesterov momentum (foreach on CUDA; torch has no fused NAdam)."""
+
+    name: Literal["nadam"]
+    lr: _Lr = 2e-3
+    betas: tuple[_Momentum, _Momentum] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: _Decay = 0.0
+    momentum_decay: float = Field(4e-3, ge=0)
+    decoupled_weight_decay: bool = False
+
+
+OptimizerConfig = Annotated[FusedSGDWConfig | SGDConfig | AdamConfig | NAdamConfig, Field(discriminator="name")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules (discriminated on name); stepped once per epoch, after a linear warm-up
+# ---------------------------------------------------------------------------------------------
+
+
+class StepConfig(_Strict):
+    """torch StepLR: lr x gamma every step_size epochs (counted from the end of the warm-up)."""
+
+    name: Literal["step"]
+    step_size: EpochSpec = "35%"  # the post: every 70 of 200 epochs
+    gamma: float = Field(0.1, gt=0, le=1)
+    check_epochs = _epoch_fields("step_size")
+
+
+class MultiStepConfig(_Strict):
+    """torch MultiStepLR: lr x gamma at each milestone epoch (counted from the end of the warm-up)."""
+
+    name: Literal["multistep"]
+    milestones: list[EpochSpec] = Field(default_factory=lambda: ["50%", "75%"], min_length=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+
+    @field_validator("milestones", mode="before")
+    @classmethod
+    def _milestones(cls, value):
+        if not isinstance(value, list):
+            raise ValueError("milestones must be a list of epochs or shares, e.g. [50%, 75%]")
+        return [_check_epoch_spec(v) for v in value]
+
+
+class CosineConfig(_Strict):
+    """torch CosineAnnealingLR from the base lr down to eta_min over the epochs after the warm-up."""
+
+    name: Literal["cosine"]
+    eta_min: _Decay = 0.0
+    t_max: EpochSpec | None = None  # None: every epoch after the warm-up
+    check_epochs = field_validator("t_max", mode="before")(lambda cls, v: None if v is None else _check_epoch_spec(v))
+
+
+class CosineRestartsConfig(_Strict):
+    """torch CosineAnnealingWarmRestarts: cycles of t_0, t_0*t_mult, ... epochs."""
+
+    name: Literal["cosine_restarts"]
+    t_0: EpochSpec = "25%"
+    t_mult: int = Field(1, ge=1)
+    eta_min: _Decay = 0.0
+    check_epochs = _epoch_fields("t_0")
+
+
+class PlateauConfig(_Strict):
+    """torch ReduceLROnPlateau, fed ``monitor`` after each epoch past the warm-up (warm-up done by hand)."""
+
+    name: Literal["plateau"]
+    mode: Literal["min", "max"] = "max"
+    monitor: Literal["val_acc", "val_loss", "train_loss"] = "val_acc"
+    factor: float = Field(0.1, gt=0, lt=1)
+    patience: EpochSpec = 10
+    threshold: float = Field(1e-4, ge=0)
+    threshold_mode: Literal["rel", "abs"] = "rel"
+    cooldown: EpochSpec = 0
+    min_lr: _Decay = 0.0
+    check_epochs = _epoch_fields("patience", "cooldown")
+
+
+class ConstantConfig(_Strict):
+    """The base lr throughout (after the warm-up)."""
+
+    name: Literal["constant"]
+
+
+SchedulerConfig = Annotated[
+    StepConfig | MultiStepConfig | CosineConfig | CosineRestartsConfig | PlateauConfig | ConstantConfig,
+    Field(discriminator="name"),
+]
+
+
+class WarmupConfig(_Strict):
+    """Linear warm-up from start_factor x lr to lr over ``epochs`` epochs, before any schedule."""
+
+    epochs: EpochSpec = 0
+    start_factor: float = Field(0.1, gt=0, le=1)
+    check_epochs = _epoch_fields("epochs")
+
+
+class RunConfig(_Strict):
+    seed: int = Field(0, ge=0)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = Field(default_factory=lambda: FusedSGDWConfig(name="fused_sgdw"))
+    scheduler: SchedulerConfig = Field(default_factory=lambda: ConstantConfig(name="constant"))
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+
+    @model_validator(mode="after")
+    def _fits(self):
+        epochs = self.train.epochs
+        if resolve_epochs(self.warmup.epochs, epochs) >= epochs:
+            raise ValueError(f"warmup.epochs ({self.warmup.epochs}) must leave epochs to train (train.epochs={epochs})")
+        return self
+
+    def warmup_epochs(self) -> int:
+        return resolve_epochs(self.warmup.epochs, self.train.epochs)
+
+
+def config_warnings(run: RunConfig) -> list[str]:
+    """Legal but suspicious settings (reported, never refused)."""
+    notes = []
+    s = run.scheduler
+    if s.name == "plateau":
+        goal = "max" if s.monitor.endswith("acc") else "min"
+        if s.mode != goal:
+            notes.append(
+                f"scheduler: plateau mode '{s.mode}' on {s.monitor} cuts the lr whenever {s.monitor} "
+                f"{'improves' if s.mode == 'min' else 'gets worse'} (the usual mode is '{goal}'); "
+                "kept, as the study does this on purpose"
+            )
+    return notes
+
+
+# ---------------------------------------------------------------------------------------------
+# Grid file
+# ---------------------------------------------------------------------------------------------
+
+
+class GridFile(_Strict):
+    """The top level of a config file; ``base``, ``runs``, ``grid`` and ``profiles`` hold partial runs,
+    validated as whole :class:`RunConfig` s once expanded (see fasttrick.grid)."""
+
+    name: str | None = None
+    description: str | None = None
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    profiles: dict[Literal["quick", "faithful"], dict[str, Any]] = Field(default_factory=dict)
+    base: dict[str, Any] = Field(default_factory=dict)
+    runs: list[dict[str, Any]] | None = None
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @field_validator("grid")
+    @classmethod
+    def _axes(cls, value):
+        for key, values in value.items():
+            if not values:
+                raise ValueError(f"axis {key!r} has no values")
+        return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Error messages: key path + did-you-mean
+# ---------------------------------------------------------------------------------------------
+
+
+def _tag_models() -> dict[str, dict[str, type[BaseModel]]]:
+    out: dict[str, dict[str, type[BaseModel]]] = {"optimizer": {}, "scheduler": {}}
+    for block, models in (
+        ("optimizer", (FusedSGDWConfig, SGDConfig, AdamConfig, NAdamConfig)),
+        ("scheduler", (StepConfig, MultiStepConfig, CosineConfig, CosineRestartsConfig, PlateauConfig, ConstantConfig)),
+    ):
+        for model in models:
+            for tag in model.model_fields["name"].annotation.__args__:
+                out[block][tag] = model
+    return out
+
+
+_TAGS = _tag_models()
+_SUBMODELS: dict[str, type[BaseModel]] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "warmup": WarmupConfig,
+}
+
+
+def _clean_loc(loc: tuple, root: type[BaseModel]) -> tuple[list[str], type[BaseModel] | None]:
+    """Drop pydantic's union-tag segments from ``loc``; also return the model that holds the last key."""
+    parts: list[str] = []
+    holder: type[BaseModel] | None = root
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        parts.append(str(part))
+        if holder is root and part in _TAGS and i + 1 < len(loc) and loc[i + 1] in _TAGS[part]:
+            holder = _TAGS[part][loc[i + 1]]
+            i += 2
+            continue
+        if holder is root and part in _SUBMODELS:
+            holder = _SUBMODELS[part]
+        elif i < len(loc) - 1:
+            holder = None
+        i += 1
+    return parts, holder
+
+
+def describe_errors(err: ValidationError, *, root: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    """One line per pydantic error: ``path: problem (got value); did you mean ...``."""
+    lines = []
+    for e in err.errors():
+        parts, holder = _clean_loc(tuple(e["loc"]), root)
+        path = prefix + ".".join(parts) if parts else prefix.rstrip(".") or "config"
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            key = parts[-1]
+            allowed = list(holder.model_fields) if holder is not None else []
+            hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
+            msg = f"{path}: unknown key"
+            if hint:
+                msg += f"; did you mean '{hint[0]}'?"
+            elif allowed:
+                msg += f" (valid here: {', '.join(allowed)})"
+            if key == "momentum" and holder in (AdamConfig, NAdamConfig):
+                msg += " (Adam-family optimizers take betas: [beta1, beta2] instead of momentum)"
+            lines.append(msg)
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            block = parts[-1] if parts else ""
+            tags = list(_TAGS.get(block, {}))
+            given = e.get("ctx", {}).get("tag", None)
+            if kind == "union_tag_not_found":
+                lines.append(f"{path}.name: missing; one of {', '.join(tags)}")
+                continue
+            hint = difflib.get_close_matches(str(given), tags, n=1, cutoff=0.4)
+            msg = f"{path}.name: unknown {block} {given!r}; one of {', '.join(tags)}"
+            lines.append(msg + (f"; did you mean '{hint[0]}'?" if hint else ""))
+        elif kind == "literal_error":
+            expected = e.get("ctx", {}).get("expected", "")
+            choices = re.findall(r"'([^']*)'", expected)
+            hint = difflib.get_close_matches(str(e.get("input")), choices, n=1, cutoff=0.4)
+            msg = f"{path}: {e['msg']} (got {e.get('input')!r})"
+            lines.append(msg + (f"; did you mean '{hint[0]}'?" if hint else ""))
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            shown = "" if kind == "value_error" or isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
+            lines.append(f"{path}: {msg}{shown}")
+    return lines

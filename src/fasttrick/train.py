@@ -1,0 +1,157 @@
+"""Run a study: ``python -m fasttrick.train --config configs/group1.yaml``.
+
+Reruns every run of the grid file into ``runs/<config name>/`` (one folder per run, then
+summary.md, summary.csv and plots/); rerunning the same command skips finished runs and resumes
+the others. A bad config is refused, whole, before anything is written (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXAMPLES = """\
+examples:
+  python -m fasttrick.train --config configs/smoke.yaml                    # CPU, < 2 minutes
+  python -m fasttrick.train --config configs/group2.yaml --dry-run         # list the runs, train nothing
+  python -m fasttrick.train --config configs/group1.yaml --profile faithful   # the post's 200 epochs
+  python -m fasttrick.train --config configs/l2.yaml --only 'wd0.01-*' --set optimizer.lr=0.05
+  python -m fasttrick.report runs/group2                                   # summary and plots again
+
+exit status: 0 all selected runs finished or diverged; 1 a run failed; 2 bad config or arguments;
+130 interrupted (rerun the same command to resume).
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fasttrick.train",
+        description=__doc__.split("\n\n")[0] + " " + " ".join(__doc__.split("\n\n")[1].split()),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config", required=True, type=Path, metavar="FILE", help="grid file (YAML), e.g. configs/group1.yaml"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="output folder of the grid (default: runs/<config file stem>); the same folder resumes",
+    )
+    p.add_argument(
+        "--profile",
+        choices=("quick", "faithful"),
+        default="quick",
+        help="quick (default): <= 30 epochs a run, schedules scaled to keep the post's shape; "
+        "faithful: the post's 200 epochs (StepLR every 70)",
+    )
+    p.add_argument(
+        "--epochs", type=int, metavar="N", help="train.epochs for every run (schedules given as shares scale with it)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a dotted config key in every run, after the grid's own values; repeatable "
+        "(e.g. --set optimizer.lr=0.05 --set data.batch_size=256); VALUE is YAML",
+    )
+    p.add_argument("--device", metavar="DEV", help="auto (default: cuda when available), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="GLOB",
+        help="run only the runs whose name matches (shell glob, comma-separated or repeated); see --dry-run for names",
+    )
+    p.add_argument("--fresh", action="store_true", help="delete the selected runs' folders and start them over")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate and print the expanded grid; write and train nothing"
+    )
+    p.add_argument("--no-bar", action="store_true", help="plain log lines even on a terminal")
+    return p
+
+
+def describe(grid, selected, out: Path) -> str:
+    from .config import resolve_epochs
+
+    lines = [f"grid {grid.name!r} ({grid.profile} profile): {len(grid.runs)} runs, {len(selected)} selected -> {out}"]
+    header = ("run", "optimizer", "lr", "momentum", "wd", "schedule", "warmup", "epochs", "seed")
+    table = [header]
+    for run in selected:
+        c = run.config
+        o, s = c.optimizer, c.scheduler
+        sched = s.name
+        epochs = c.train.epochs
+        if s.name == "step":
+            sched += f"(every {resolve_epochs(s.step_size, epochs, minimum=1)}, x{s.gamma:g})"
+        elif s.name == "multistep":
+            sched += f"(at {[resolve_epochs(m, epochs, minimum=1) for m in s.milestones]}, x{s.gamma:g})"
+        elif s.name == "cosine":
+            sched += f"(eta_min {s.eta_min:g})"
+        elif s.name == "cosine_restarts":
+            sched += f"(t_0 {resolve_epochs(s.t_0, epochs, minimum=1)}, x{s.t_mult})"
+        elif s.name == "plateau":
+            sched += f"({s.mode} {s.monitor}, x{s.factor:g}, patience {resolve_epochs(s.patience, epochs)}, min_lr {s.min_lr:g})"
+        momentum = getattr(o, "momentum", None)
+        table.append(
+            (
+                run.name,
+                o.name,
+                f"{o.lr:g}",
+                "-" if momentum is None else f"{momentum:g}",
+                f"{o.weight_decay:g}",
+                sched,
+                str(c.warmup_epochs()),
+                str(epochs),
+                str(c.seed),
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    lines += [f"warning: {note}" for note in grid.warnings]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    # Imports after parsing: --help answers without loading torch.
+    from .config import ConfigError
+    from .grid import load_grid
+
+    try:
+        if args.epochs is not None and args.epochs < 1:
+            raise ConfigError([f"--epochs {args.epochs}: must be >= 1"])
+        grid = load_grid(
+            args.config, profile=args.profile, overrides=args.overrides, epochs=args.epochs, device=args.device
+        )
+        out = args.out or Path("runs") / args.config.stem
+        selected = grid.select(args.only)
+        if args.dry_run:
+            from .grid import check_out_folder
+
+            check_out_folder(selected, out, args.fresh)
+            print(describe(grid, selected, out))
+            return 0
+        print(describe(grid, selected, out), flush=True)
+        from .engine import Session
+        from .grid import run_grid
+
+        statuses = run_grid(
+            grid, out, only=args.only, fresh=args.fresh, session=Session(bar=False if args.no_bar else None)
+        )
+    except ConfigError as err:
+        print(f"{args.config}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
+    print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 1 if "failed" in statuses.values() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
