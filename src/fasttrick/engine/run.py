@@ -52,11 +52,12 @@ class Runtime:
 
 def resolve_runtime(run: RunConfig) -> Runtime:
     train = run.train
-    device = torch.device("cuda" if train.device == "auto" and torch.cuda.is_available() else train.device)
+    if train.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(train.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"train.device={train.device!r} but CUDA is not available here; use --device cpu")
-    if device.type == "auto":
-        device = torch.device("cpu")
     precision = train.precision if train.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     compile_ = train.compile if train.compile != "auto" else device.type == "cuda"
     return Runtime(device, _AMP_DTYPES[precision], bool(compile_))
@@ -90,12 +91,14 @@ class Session:
     """What the runs of one process share: data sets by source, and models compiled once.
 
     ``log`` receives every line of output; ``bar`` forces the progress bar on or off (default: on
-    when stderr is a terminal).
+    when stderr is a terminal); ``dataset`` (a fasttrick.data.Cifar10) replaces CIFAR-10 from
+    ``data.root`` for every run (tests, notebooks), subsets still applied.
     """
 
-    def __init__(self, log: Callable[[str], None] | None = None, bar: bool | None = None):
+    def __init__(self, log: Callable[[str], None] | None = None, bar: bool | None = None, dataset=None):
         self.log = log or (lambda line: print(line, flush=True))
         self.bar = bar
+        self._dataset = dataset
         self._data: dict[Any, Any] = {}
         self._models: dict[Any, PreparedModel] = {}
         self._environment: dict[str, Any] | None = None
@@ -109,7 +112,7 @@ class Session:
 
             full_key = (cfg.root, None, None)
             if full_key not in self._data:
-                self._data[full_key] = load_cifar10(cfg.root)
+                self._data[full_key] = self._dataset if self._dataset is not None else load_cifar10(cfg.root)
             self._data[key] = subset(self._data[full_key], cfg.train_subset, cfg.test_subset)
         return self._data[key]
 
