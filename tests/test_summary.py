@@ -252,3 +252,11 @@ def test_not_a_grid_folder(tmp_path):
     with pytest.raises(NotAGridFolder, match="looks like a run folder"):
         write_summary(run_dir)
     assert not (tmp_path / "summary.md").exists()
+
+
+def test_unreadable_grid_file_lists_runs_by_name(tmp_path):
+    grid_dir = write_synthetic_grid(tmp_path / "grid")
+    (grid_dir / "grid.yaml").write_text("runs: [unclosed\n")
+    with pytest.warns(UserWarning, match="runs listed by name"):
+        names = [run.name for run in read_grid(grid_dir)]
+    assert names == ["adam_step", "nadam", "sgd_cosine", "sgd_large_lr"]

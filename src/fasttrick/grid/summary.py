@@ -281,7 +281,11 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 def _run_names_in_grid_file(path: Path) -> list[str]:
     """Run names in grid.yaml's order. The expanded grid is read as a list of resolved run configs, or
     a mapping holding such a list under ``runs``, or a mapping of run name -> config."""
-    document = yaml.safe_load(path.read_text())
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        warnings.warn(f"{path}: unreadable ({error}); runs listed by name", stacklevel=4)
+        return []
     if isinstance(document, dict) and isinstance(document.get("runs"), list | dict):
         document = document["runs"]
     if isinstance(document, dict):
@@ -298,6 +302,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates the file 0600; these are results others read
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
