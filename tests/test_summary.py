@@ -223,8 +223,8 @@ def test_figures_overlay_one_line_per_run_and_mark_the_divergence(summarised_gri
     dotted = [line for line in ax.get_lines() if line.get_label() == "_nolegend_"]
     assert len(dotted) == 1 and dotted[0].get_xdata()[0] == 3  # the epoch the loss went NaN
     assert ax.get_ylim()[1] <= plots.LOSS_CEILING  # the diverging run's loss of 40 does not set the range
-    (ax,) = plots.lr_figure(curves).axes
-    assert ax.get_yscale() == "log"
+    (ax,) = plots.lr_figure(curves, "group2").axes
+    assert ax.get_yscale() == "log" and ax.get_title() == "Learning rate: group2"
 
 
 def test_rewriting_picks_up_new_epochs(tmp_path):

@@ -1,9 +1,9 @@
 """The post's figures for a grid: one metric per epoch with every run overlaid (val acc, train loss),
 and the lr each run trained with (log scale).
 
-Each function takes ``{legend label: metrics rows}`` (rows as in a run's metrics.jsonl) and returns a
-matplotlib Figure drawn on the Agg canvas: no display, no pyplot global state, so a caller can inspect
-the Figure (tests count its lines) or render it with `png_bytes`. Non-finite values (a diverged run)
+Each function takes ``{legend label: metrics rows}`` (rows as in a run's metrics.jsonl) and the grid's
+name for the title, and returns a matplotlib Figure drawn on the Agg canvas: no display, no pyplot
+global state, so a caller can inspect the Figure (tests count its lines) or render it with `png_bytes`. Non-finite values (a diverged run)
 are left out of the line, and the epoch a run first went non-finite gets a dotted vertical line in the
 run's colour, so the divergence stays visible even when the values before it are off the chart.
 """
@@ -31,29 +31,29 @@ FIGURE_SIZE = (7.0, 4.5)
 DPI = 120
 
 
-def val_acc_figure(curves: Curves) -> Figure:
+def val_acc_figure(curves: Curves, grid_name: str | None = None) -> Figure:
     """Validation accuracy (%) per epoch, runs overlaid."""
     fig, ax = _overlay(curves, "val_acc", scale=100.0)
-    ax.set(ylabel="validation accuracy (%)", title="Validation accuracy")
+    ax.set(ylabel="validation accuracy (%)", title=_title("Validation accuracy", grid_name))
     low, high = ax.get_ylim()
     ax.set_ylim(max(low, 0.0), min(high, 100.0))
     return fig
 
 
-def train_loss_figure(curves: Curves) -> Figure:
+def train_loss_figure(curves: Curves, grid_name: str | None = None) -> Figure:
     """Training loss (mean over the epoch) per epoch, runs overlaid; y range capped at `LOSS_CEILING`."""
     fig, ax = _overlay(curves, "train_loss")
-    ax.set(ylabel="training loss", title="Training loss")
+    ax.set(ylabel="training loss", title=_title("Training loss", grid_name))
     low, high = ax.get_ylim()
     ax.set_ylim(max(low, 0.0), min(high, LOSS_CEILING))
     return fig
 
 
-def lr_figure(curves: Curves) -> Figure:
+def lr_figure(curves: Curves, grid_name: str | None = None) -> Figure:
     """Learning rate per epoch on a log scale (an lr of 0, e.g. cosine's end, is masked)."""
     fig, ax = _overlay(curves, "lr")
     ax.set_yscale("log", nonpositive="mask")
-    ax.set(ylabel="learning rate", title="Learning rate")
+    ax.set(ylabel="learning rate", title=_title("Learning rate", grid_name))
     return fig
 
 
@@ -86,6 +86,10 @@ def _overlay(curves: Curves, key: str, scale: float = 1.0) -> tuple[Figure, Any]
     if ax.get_lines():
         ax.legend(fontsize="small", ncol=2 if len(curves) > 8 else 1)
     return fig, ax
+
+
+def _title(what: str, grid_name: str | None) -> str:
+    return f"{what}: {grid_name}" if grid_name else what
 
 
 def _finite_or_nan(value: Any) -> float:

@@ -161,7 +161,7 @@ def write_summary(grid_dir: Path) -> Path:
     _atomic_write(grid_dir / "summary.csv", render_csv(results).encode())
     curves = {run.label: run.metrics for run in runs}
     for name, make_figure in plots.FIGURES.items():
-        _atomic_write(grid_dir / "plots" / f"{name}.png", plots.png_bytes(make_figure(curves)))
+        _atomic_write(grid_dir / "plots" / f"{name}.png", plots.png_bytes(make_figure(curves, grid_dir.name)))
     return summary_path
 
 
