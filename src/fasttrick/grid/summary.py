@@ -150,18 +150,19 @@ def write_summary(grid_dir: Path) -> Path:
     file is written to a temporary file and renamed over the old one, so a reader never sees half a
     file. Raises `NotAGridFolder` when grid_dir has no grid.yaml or no run folder yet.
     """
-    # matplotlib costs ~0.5 s to import; the trainer imports run_result at start-up and needs no plots.
+    # matplotlib costs ~0.4 s to import; the trainer imports run_result at start-up and needs no plots.
     from . import plots
 
     grid_dir = Path(grid_dir)
     runs = read_grid(grid_dir)
+    grid_name = grid_dir.resolve().name  # "." has no name of its own
     results = {run.name: run.result for run in runs}
     summary_path = grid_dir / "summary.md"
-    _atomic_write(summary_path, render_markdown(grid_dir.name, runs, results).encode())
+    _atomic_write(summary_path, render_markdown(grid_name, runs, results).encode())
     _atomic_write(grid_dir / "summary.csv", render_csv(results).encode())
     curves = {run.label: run.metrics for run in runs}
     for name, make_figure in plots.FIGURES.items():
-        _atomic_write(grid_dir / "plots" / f"{name}.png", plots.png_bytes(make_figure(curves, grid_dir.name)))
+        _atomic_write(grid_dir / "plots" / f"{name}.png", plots.png_bytes(make_figure(curves, grid_name)))
     return summary_path
 
 
