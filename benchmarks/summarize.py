@@ -3,7 +3,8 @@
     python benchmarks/summarize.py bench.json [--markdown]
 
 Optimizer steps: median ms, useful GB/s (20 B/param), share of the copy bandwidth measured in the same
-run, and the speed-up over torch's fused and foreach SGD from the same run. Loaders: images/s.
+run, and the speed-up over torch's fused and foreach SGD from the same run. Training steps: images/s and
+the speed-up over the plain-PyTorch baseline. Loaders: images/s.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ def step_rows(benchmarks: list[dict]) -> list[list[str]]:
     by_set: dict[str, dict[str, dict]] = defaultdict(dict)
     for b in benchmarks:
         info = b["extra_info"]
-        if "impl" in info:
+        if b["group"].startswith("sgd-step"):
             by_set[info["param_set"]][info["impl"]] = b
     rows = []
     for param_set, impls in by_set.items():
@@ -40,10 +41,26 @@ def step_rows(benchmarks: list[dict]) -> list[list[str]]:
     return rows
 
 
+def train_rows(benchmarks: list[dict]) -> list[list[str]]:
+    rows = []
+    for b in benchmarks:
+        if b["group"].startswith("train-step"):
+            info = b["extra_info"]
+            speedup = info.get("speedup_vs_baseline")
+            rows.append(
+                [
+                    info["impl"],
+                    str(info["batch_size"]),
+                    f"{b['stats']['median'] * 1e3:.1f}",
+                    f"{info['images_per_s']:,}",
+                    f"{speedup:.2f}x" if speedup else "-",
+                ]
+            )
+    return rows
+
+
 def loader_rows(benchmarks: list[dict]) -> list[list[str]]:
-    return [
-        [b["name"], f"{b['extra_info']['images_per_s']:,}"] for b in benchmarks if "images_per_s" in b["extra_info"]
-    ]
+    return [[b["name"], f"{b['extra_info']['images_per_s']:,}"] for b in benchmarks if b["group"].startswith("loader")]
 
 
 def render(header: list[str], rows: list[list[str]], markdown: bool) -> str:
@@ -68,6 +85,10 @@ def main() -> None:
     if steps:
         header = ["param set", "implementation", "median ms", "GB/s", "of copy", "vs fused", "vs foreach"]
         print(render(header, steps, args.markdown))
+    train = train_rows(benchmarks)
+    if train:
+        print()
+        print(render(["train step", "batch", "median ms", "images/s", "vs baseline"], train, args.markdown))
     loaders = loader_rows(benchmarks)
     if loaders:
         print()
