@@ -340,3 +340,18 @@ def test_killed_and_resumed_run_ends_as_an_uninterrupted_one(synthetic, tmp_path
     for key, tensor in ckpt_a["model"].items():
         assert torch.equal(tensor, ckpt_b["model"][key]), key
     assert ckpt_a["schedule"] == ckpt_b["schedule"]
+
+
+def test_progress_bar_on_a_terminal_plain_lines_otherwise(synthetic, tmp_path, capsys):
+    grid = expand_grid(
+        {"base": {**TINY, "data": {"batch_size": 32, "train_subset": 704}, "train": {**TINY["train"], "epochs": 1}}}
+    )
+    lines: list[str] = []
+    run_grid(grid, tmp_path / "bar", session=Session(log=lines.append, bar=True, dataset=synthetic), summary=False)
+    bar = capsys.readouterr().err
+    assert "seed0 1/1" in bar and "loss=" in bar and "acc=" in bar and "img_s=" in bar  # 22 steps: postfix at 20
+    assert any(line.startswith("[seed0] epoch 1/1  train_loss") and "img/s" in line for line in lines)
+    lines.clear()
+    run_grid(grid, tmp_path / "plain", session=Session(log=lines.append, bar=False, dataset=synthetic), summary=False)
+    assert "loss=" not in capsys.readouterr().err
+    assert any(line.startswith("[seed0] epoch 1/1  train_loss") for line in lines)
