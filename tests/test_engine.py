@@ -4,6 +4,7 @@ and kill-and-resume equality. Synthetic data and a 1/16-width ResNet-18 keep eac
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 
@@ -65,7 +66,7 @@ BASE_LR = 0.2
 @pytest.fixture(autouse=True)
 def _no_scheduler_order_warning():
     with warnings.catch_warnings():  # the references below step torch's schedulers without an optimizer step
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
         yield
 
 

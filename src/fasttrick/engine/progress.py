@@ -38,13 +38,12 @@ class Progress:
         if self._bar is None:
             return
         self._bar.update(1)
-        if (index + 1) % self.every == 0:
+        if index == 0 or (index + 1) % self.every == 0:
             seconds = max(time.perf_counter() - self._start, 1e-9)
             self._bar.set_postfix(
                 loss=f"{loss_sum.item() / (index + 1):.3f}",
                 acc=f"{correct.item() / max(seen, 1):.3f}",
                 img_s=f"{seen / seconds:.0f}",
-                refresh=False,
             )
 
     def end_epoch(self, row: Mapping[str, Any]) -> None:
