@@ -193,3 +193,27 @@ def test_help_explains_every_option(capsys):
     text = capsys.readouterr().out
     for option in ("--config", "--out", "--epochs", "--set", "--dry-run", "--fresh", "--device", "--only", "--profile"):
         assert option in text
+
+
+def test_run_names_are_readable_from_block_and_dotted_axes():
+    grid = expand_grid(
+        {
+            "grid": {
+                "optimizer": [{"name": "sgd", "lr": 0.1, "momentum": 0.9}, {"name": "nadam", "lr": 2e-3}],
+                "scheduler": [{"name": "plateau", "mode": "max", "min_lr": 1e-4}, {"name": "step", "step_size": "35%"}],
+            }
+        }
+    )
+    assert [r.name for r in grid.runs] == [
+        "sgd-lr0.1-m0.9-plateau-max-minlr0.0001-seed0",
+        "sgd-lr0.1-m0.9-step-every35pct-seed0",
+        "nadam-lr0.002-plateau-max-minlr0.0001-seed0",
+        "nadam-lr0.002-step-every35pct-seed0",
+    ]
+    lr_momentum = load_grid(CONFIGS / "lr_momentum.yaml")
+    assert [r.name for r in lr_momentum.runs] == [
+        "lr0.01-m0.5-seed0",
+        "lr0.01-m0.9-seed0",
+        "lr0.2-m0.5-seed0",
+        "lr0.2-m0.9-seed0",
+    ]
