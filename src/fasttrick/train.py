@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 EXAMPLES = """\
@@ -19,6 +20,12 @@ examples:
   python -m fasttrick.train --config configs/l2.yaml --only 'wd0.01-*' --set optimizer.lr=0.05
   python -m fasttrick.report runs/group2                                   # summary and plots again
 
+config keys (see src/fasttrick/config.py): seed, data.{root,loader,batch_size,train_subset,test_subset},
+model.{width,channels_last}, train.{epochs,device,precision,compile,compile_mode,compile_backend,
+deterministic,label_smoothing}, optimizer.{name: fused_sgdw|sgd|adam|adamw|nadam, lr, momentum, ...},
+scheduler.{name: step|multistep|cosine|cosine_restarts|plateau|constant, ...}, warmup.{epochs,start_factor}.
+Epoch counts of schedules take whole epochs (70) or a share of the run ("35%").
+
 exit status: 0 all selected runs finished or diverged; 1 a run failed; 2 bad config or arguments;
 130 interrupted (rerun the same command to resume).
 """
@@ -27,7 +34,7 @@ exit status: 0 all selected runs finished or diverged; 1 a run failed; 2 bad con
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fasttrick.train",
-        description=__doc__.split("\n\n")[0] + " " + " ".join(__doc__.split("\n\n")[1].split()),
+        description="\n\n".join(textwrap.fill(" ".join(part.split()), 100) for part in __doc__.split("\n\n")[:2]),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
