@@ -217,3 +217,15 @@ def test_run_names_are_readable_from_block_and_dotted_axes():
         "lr0.2-m0.5-seed0",
         "lr0.2-m0.9-seed0",
     ]
+
+
+def test_dry_run_profile_and_device_flags(capsys):
+    argv = ["--config", str(CONFIGS / "group1.yaml"), "--dry-run", "--device", "cpu", "--only", "sgd*"]
+    assert main([*argv, "--profile", "faithful"]) == 0
+    printed = capsys.readouterr().out
+    assert "faithful profile" in printed and "step(every 70, x0.1)" in printed and "200" in printed
+    assert "adam-seed0" not in printed and "sgd-seed0" in printed
+    assert main(argv) == 0
+    assert "step(every 11, x0.1)" in capsys.readouterr().out  # quick: 35% of 30 epochs
+    grid = load_grid(CONFIGS / "group1.yaml", device="cpu", epochs=10)
+    assert {(r.config.train.device, r.config.train.epochs) for r in grid.runs} == {("cpu", 10)}

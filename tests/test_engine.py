@@ -356,3 +356,17 @@ def test_progress_bar_on_a_terminal_plain_lines_otherwise(synthetic, tmp_path, c
     run_grid(grid, tmp_path / "plain", session=Session(log=lines.append, bar=False, dataset=synthetic), summary=False)
     assert "loss=" not in capsys.readouterr().err
     assert any(line.startswith("[seed0] epoch 1/1  train_loss") for line in lines)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_autocast_precisions_train_and_checkpoint_the_scaler(synthetic, tmp_path, precision):
+    base = {**TINY, "data": {"batch_size": 64, "train_subset": 256, "test_subset": 128}}
+    base["train"] = {**TINY["train"], "epochs": 1, "precision": precision}
+    statuses = run_grid(expand_grid({"base": base}), tmp_path, session=quiet_session(synthetic), summary=False)
+    assert statuses == {"seed0": "finished"}
+    checkpoint = torch.load(tmp_path / "seed0" / "checkpoint.pt", weights_only=False)
+    if precision == "fp16":  # GradScaler on: its scale and growth tracker are in the checkpoint
+        assert checkpoint["scaler"] is not None and checkpoint["scaler"]["scale"] > 0
+    else:
+        assert checkpoint["scaler"] is None
+    assert json.loads((tmp_path / "seed0" / "environment.json").read_text())["precision"] == precision
