@@ -119,3 +119,17 @@ def test_only_and_fresh_restart_just_the_selected_run(smoke_out, capsys):
     assert after["fused_sgdw-step-seed0"] == before["fused_sgdw-step-seed0"]
     assert after["adamw-cosine-warmup-seed0"] == before["adamw-cosine-warmup-seed0"]
     assert json.loads((smoke_out / "sgd-plateau-max-seed0" / "status.json").read_text())["status"] == "finished"
+
+
+def test_missing_data_stops_the_grid_with_the_reason(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FASTTRICK_DATA", str(tmp_path / "no-such-cifar"))
+    monkeypatch.setenv("FASTTRICK_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert main(["--config", str(SMOKE), "--out", str(out), "--no-bar"]) == 1
+    assert "no CIFAR-10" in capsys.readouterr().err
+    states = {d.name: json.loads((d / "status.json").read_text())["status"] for d in run_dirs(out)}
+    assert states == {
+        "fused_sgdw-step-seed0": "failed",
+        "adamw-cosine-warmup-seed0": "pending",
+        "sgd-plateau-max-seed0": "pending",
+    }

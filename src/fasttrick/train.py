@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # Imports after parsing: --help answers without loading torch.
     from .config import ConfigError
+    from .data import DataSourceError
     from .grid import load_grid
 
     try:
@@ -152,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return 2
+    except DataSourceError as err:
+        print(f"no CIFAR-10: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130

@@ -11,7 +11,8 @@
 Rerunning the same grid into the same folder skips finished and diverged runs and resumes the others
 from their last checkpoint; ``fresh`` deletes the selected runs' folders first. A run whose folder
 holds a different config is refused (ConfigError) rather than resumed into a mixture.
-A run that raises is marked failed and the grid goes on; an interrupt (Ctrl-C) stops the grid.
+A run that raises is marked failed and the grid goes on; an interrupt (Ctrl-C) or missing CIFAR-10
+(DataSourceError, the same for every run) stops the grid.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, dump_yaml, load_yaml
+from ..data import DataSourceError
 from ..engine import Interrupted, Session, atomic_write, read_status, train_run, write_json, write_status
 from .expand import Grid, GridRun
 
@@ -110,6 +112,10 @@ def run_grid(
             start = time.perf_counter()
             try:
                 outcome = train_run(run.config, run_dir, session, name=run.name, on_epoch_end=on_epoch_end)
+            except DataSourceError as err:  # every later run would fail the same way (after a download attempt)
+                write_status(run_dir, "failed", 0, f"no CIFAR-10: {err}")
+                statuses[run.name] = "failed"
+                raise
             except (KeyboardInterrupt, Interrupted):
                 state = read_status(run_dir) or {}
                 write_status(run_dir, "failed", state.get("epoch", 0), "interrupted; rerun the same command to resume")
