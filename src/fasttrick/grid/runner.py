@@ -5,6 +5,7 @@
                      status.json    pending | running | finished | diverged | failed (+ epoch, message)
                      metrics.jsonl  one JSON object per finished epoch (the truth), metrics.csv the same
                      result.json    fasttrick.grid.summary.run_result of a finished or diverged run
+                     diagnosis.json fasttrick.grid.diagnosis.diagnose of the same run (its failure modes)
                      environment.json, checkpoint.pt
     <out>/summary.md, summary.csv, plots/   written when the grid ends (fasttrick.grid.summary)
 
@@ -27,6 +28,7 @@ from typing import Any
 from ..config import ConfigError, dump_yaml, load_yaml
 from ..data import DataSourceError
 from ..engine import Interrupted, Session, atomic_write, read_status, train_run, write_json, write_status
+from .diagnosis import diagnose
 from .expand import Grid, GridRun
 
 TERMINAL = ("finished", "diverged")
@@ -128,6 +130,7 @@ def run_grid(
                 statuses[run.name] = "failed"
                 continue
             write_json(run_dir / "result.json", run_result(outcome.rows, outcome.status))
+            write_json(run_dir / "diagnosis.json", diagnose(outcome.rows, outcome.status).to_json())
             write_status(run_dir, outcome.status, outcome.rows[-1]["epoch"] if outcome.rows else 0, outcome.message)
             statuses[run.name] = outcome.status
             log(f"[{index}/{len(selected)}] {run.name}: {outcome.status} in {time.perf_counter() - start:.1f} s")
