@@ -168,6 +168,7 @@ def test_summary_csv_has_every_run_and_the_right_numbers(summarised_grid):
     assert float(cosine["images_per_s"]) == 3000.0 and float(cosine["wall_seconds"]) == 50.0
     diverged = rows["sgd_large_lr"]
     assert (diverged["status"], diverged["final_val_acc"], diverged["best_epoch"]) == ("diverged", "", "1")
+    assert (diverged["diagnoses"], cosine["diagnoses"]) == ("diverged", "")
     assert rows["nadam"]["status"] == "pending" and rows["nadam"]["epochs"] == "0"
 
 
@@ -190,8 +191,11 @@ def test_summary_markdown_table(summarised_grid):
         "time to 93%": "40.0 s",
         "images/s": "3,000",
         "wall time": "50.0 s",
+        "diagnoses": "-",
     }
     assert cells[1]["status"] == "diverged (epoch 3)" and cells[1]["final val acc (%)"] == "-"
+    assert cells[1]["diagnoses"] == "diverged"
+    assert "- **sgd_large_lr**: `diverged`: train loss 40 at epoch 2, above 4.61 (2 ln 10)" in text
     assert cells[2]["status"] == "running (epoch 2)"
     assert cells[3]["status"] == "pending" and cells[3]["best val acc (%)"] == "-"
     assert "Best: **sgd_cosine**, 94.00% validation accuracy at epoch 4 of 5." in text
@@ -204,6 +208,20 @@ def test_plots_are_valid_pngs(summarised_grid, name):
     png = (summarised_grid / "plots" / f"{name}.png").read_bytes()
     assert png.startswith(PNG_SIGNATURE)
     assert len(png) > 10_000  # axes, three curves and a legend; an empty 840x540 canvas is ~3 kB
+
+
+def test_each_run_with_metrics_gets_its_diagnosis_json(summarised_grid):
+    diverged = json.loads((summarised_grid / "sgd_large_lr" / "diagnosis.json").read_text())
+    assert [d["mode"] for d in diverged["diagnoses"]] == ["diverged"]
+    assert diverged["diagnoses"][0]["evidence"] == {
+        "epoch": 2,
+        "metric": "train_loss",
+        "value": 40.0,
+        "status": "diverged",
+    }
+    assert diverged["thresholds"]["chance_acc"] == 0.1
+    assert json.loads((summarised_grid / "sgd_cosine" / "diagnosis.json").read_text())["diagnoses"] == []
+    assert not (summarised_grid / "nadam" / "diagnosis.json").exists()  # pending: nothing to diagnose
 
 
 def test_no_temporary_files_left_behind(summarised_grid):

@@ -162,7 +162,9 @@ Outcome = Finding | str | None  # a finding, the reason it could not be judged, 
 
 
 def _diverged(metrics: Sequence[Mapping[str, Any]], status: str | None, t: Thresholds) -> Outcome:
-    for row in metrics:
+    """The first epoch with a non-finite loss, or a training loss past `Thresholds.diverged_loss` after the
+    first epoch; else the trainer's own "diverged" status."""
+    for index, row in enumerate(metrics):
         for key in ("train_loss", "val_loss"):
             value = row.get(key)
             if value is not None and not math.isfinite(float(value)):
@@ -171,17 +173,13 @@ def _diverged(metrics: Sequence[Mapping[str, Any]], status: str | None, t: Thres
                     f"{key} is {float(value)} at epoch {row['epoch']}",
                     {"epoch": row["epoch"], "metric": key, "status": status},
                 )
-    exploded = next(
-        (row for row in metrics[1:] if (loss := _finite(row.get("train_loss"))) is not None and loss > t.diverged_loss),
-        None,
-    )
-    if exploded is not None:
-        loss = exploded["train_loss"]
-        return Finding(
-            "diverged",
-            f"train loss {loss:.3g} at epoch {exploded['epoch']}, above {t.diverged_loss:.2f} (2 ln 10)",
-            {"epoch": exploded["epoch"], "metric": "train_loss", "value": _round(loss), "status": status},
-        )
+        loss = _finite(row.get("train_loss"))
+        if index > 0 and loss is not None and loss > t.diverged_loss:
+            return Finding(
+                "diverged",
+                f"train loss {loss:.3g} at epoch {row['epoch']}, above {t.diverged_loss:.2f} (2 ln 10)",
+                {"epoch": row["epoch"], "metric": "train_loss", "value": _round(loss), "status": status},
+            )
     if status == "diverged":
         epoch = metrics[-1]["epoch"] if metrics else 0
         return Finding("diverged", f"the trainer stopped the run as diverged after epoch {epoch}", {"status": status})
@@ -230,8 +228,8 @@ def _unstable(metrics: Sequence[Mapping[str, Any]], t: Thresholds) -> Outcome:
     last_epoch = first_epoch + len(changes)
     return Finding(
         "unstable",
-        f"val acc changes spread {_pct(spread)} (std) over epochs {first_epoch}-{last_epoch}, with a drop of "
-        f"{_pct(-min(changes))}",
+        f"val acc's epoch-to-epoch changes spread {_points(spread)} (std) over epochs {first_epoch}-{last_epoch}, "
+        f"with a drop of {_points(-min(changes))}",
         {
             "epochs": [first_epoch, last_epoch],
             "spread": _round(spread),
@@ -263,7 +261,7 @@ def _overfitting(metrics: Sequence[Mapping[str, Any]], t: Thresholds) -> Outcome
     return Finding(
         "overfitting",
         f"val loss {rise:.0%} above its minimum (epoch {rows[lowest]['epoch']}) over the last {window} epochs; "
-        f"train-val gap {_pct(gap_then)} -> {_pct(gap_now)}",
+        f"train-val accuracy gap {_points(gap_then)} -> {_points(gap_now)}",
         {
             "min_val_loss_epoch": rows[lowest]["epoch"],
             "min_val_loss": _round(min_loss),
@@ -301,8 +299,8 @@ def _lr_floor(metrics: Sequence[Mapping[str, Any]], t: Thresholds) -> Outcome:
     return Finding(
         "lr_floor",
         f"lr {at_crossing['lr']:.2g} < {floor:.2g} (peak {peak:.2g} / 1000) from epoch {at_crossing['epoch']}, "
-        f"{epochs_below} of {n} epochs, {why}; val acc {_pct(gain_before, signed=True)} in the "
-        f"{at_crossing['epoch'] - before['epoch']} epochs before, {_pct(gain_after, signed=True)} after",
+        f"{epochs_below} of {n} epochs, {why}; val acc {_points(gain_before, signed=True)} in the "
+        f"{at_crossing['epoch'] - before['epoch']} epochs before, {_points(gain_after, signed=True)} after",
         {
             "peak_lr": _round(peak),
             "floor": _round(floor),
@@ -350,5 +348,10 @@ def _round(value: float) -> float:
     return float(f"{value:.4g}")
 
 
-def _pct(fraction: float, signed: bool = False) -> str:
-    return f"{100 * fraction:+.1f}%" if signed else f"{100 * fraction:.1f}%"
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:.1f}%"
+
+
+def _points(fraction: float, signed: bool = False) -> str:
+    """A difference of accuracies, in percentage points."""
+    return f"{100 * fraction:+.1f} points" if signed else f"{100 * fraction:.1f} points"

@@ -3,9 +3,11 @@
 `run_result` turns one run's per-epoch metrics into its headline numbers (the trainer stores them as
 the run's result.json); `write_summary` reads every run folder of a grid and writes, beside them:
 
-    summary.md     the table a person reads (percent, human durations, notes on what each column means)
+    summary.md     the table a person reads (percent, human durations, notes on what each column means),
+                   with each run's diagnoses (fasttrick.grid.diagnosis) and the evidence for them
     summary.csv    the same numbers unformatted (fractions, seconds), for pandas or a spreadsheet
     plots/         val_acc.png, train_loss.png, lr.png: per epoch, runs overlaid, like the post's figures
+    <run>/diagnosis.json   each run's diagnosis, recomputed (the runner writes it when a run ends)
 
 Every number is recomputed from metrics.jsonl, the truth the trainer appends to after each epoch, so a
 running or killed run is summarised as far as it got.
@@ -23,10 +25,13 @@ import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .diagnosis import Diagnosis, diagnose
 
 # Accuracy milestones the table times: 90% is roughly where the post's runs separate, 93% is the target
 # for the best quick run (the post's best, plateau on max, reached 0.935).
@@ -116,6 +121,11 @@ class RunRecord:
     def result(self) -> dict[str, Any]:
         return run_result(self.metrics, self.status)
 
+    @cached_property
+    def diagnosis(self) -> Diagnosis:
+        """The run's failure modes, from its metrics (and its status: the trainer's "diverged" counts)."""
+        return diagnose(self.metrics, self.status)
+
     @property
     def label(self) -> str:
         """The run's name, with its status when it is not a plain finished run (plot legends)."""
@@ -144,10 +154,11 @@ def read_grid(grid_dir: Path) -> list[RunRecord]:
 
 
 def write_summary(grid_dir: Path) -> Path:
-    """Write summary.md, summary.csv and plots/*.png for the grid in grid_dir; returns summary.md's path.
+    """Write summary.md, summary.csv, plots/*.png and each run's diagnosis.json for the grid in grid_dir;
+    returns summary.md's path.
 
-    Every run folder gets a row, including runs that are pending, running, diverged or failed. Each
-    file is written to a temporary file and renamed over the old one, so a reader never sees half a
+    Every run folder gets a row, including runs that are pending, running, diverged or failed; every run
+    with a finished epoch gets its diagnosis.json rewritten from its metrics. Each file is written to a temporary file and renamed over the old one, so a reader never sees half a
     file. Raises `NotAGridFolder` when grid_dir has no grid.yaml or no run folder yet.
     """
     # matplotlib costs ~0.4 s to import; the trainer imports run_result at start-up and needs no plots.
@@ -157,9 +168,13 @@ def write_summary(grid_dir: Path) -> Path:
     runs = read_grid(grid_dir)
     grid_name = grid_dir.resolve().name  # "." has no name of its own
     results = {run.name: run.result for run in runs}
+    for run in runs:
+        if run.metrics:
+            diagnosis_json = json.dumps(run.diagnosis.to_json(), indent=2) + "\n"
+            _atomic_write(grid_dir / run.name / "diagnosis.json", diagnosis_json.encode())
     summary_path = grid_dir / "summary.md"
     _atomic_write(summary_path, render_markdown(grid_name, runs, results).encode())
-    _atomic_write(grid_dir / "summary.csv", render_csv(results).encode())
+    _atomic_write(grid_dir / "summary.csv", render_csv(runs, results).encode())
     curves = {run.label: run.metrics for run in runs}
     for name, make_figure in plots.FIGURES.items():
         _atomic_write(grid_dir / "plots" / f"{name}.png", plots.png_bytes(make_figure(curves, grid_name)))
@@ -176,6 +191,7 @@ MARKDOWN_COLUMNS = (
     *(f"{label} to {round(m * 100)}%" for m in MILESTONES for label in ("epochs", "time")),
     "images/s",
     "wall time",
+    "diagnoses",
 )
 
 MARKDOWN_NOTES = f"""\
@@ -187,6 +203,9 @@ MARKDOWN_NOTES = f"""\
 - **wall time**: the run's wall time (training and evaluation) at the end of its last finished epoch.
 - Non-finite values (a diverged run's NaN/inf) count as missing; the plots mark the epoch a run went
   non-finite with a dotted line.
+- **diagnoses**: the failure modes found in the run's metrics (diverged, not_learning, unstable,
+  overfitting, lr_floor; thresholds in fasttrick.grid.diagnosis.Thresholds); the evidence is below the
+  table and in each run's diagnosis.json.
 """
 
 
@@ -206,20 +225,32 @@ def render_markdown(title: str, runs: Sequence[RunRecord], results: Mapping[str,
     lines += ["", "| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|:---|:---|" + "---:|" * (len(MARKDOWN_COLUMNS) - 2)]
     for run in runs:
         lines.append("| " + " | ".join(_markdown_row(run, results[run.name])) + " |")
-    lines += ["", MARKDOWN_NOTES.rstrip()]
+    lines += ["", MARKDOWN_NOTES.rstrip(), "", "## Diagnoses", "", *render_diagnoses(runs)]
     messages = [f"- {run.name} ({run.status}): {run.message}" for run in runs if run.message]
     if messages:
         lines += ["", "Status messages:", "", *messages]
     return "\n".join(lines) + "\n"
 
 
-def render_csv(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """summary.csv: one row per run, `RESULT_KEYS` unformatted (accuracies as fractions, seconds); empty = None."""
+def render_diagnoses(runs: Sequence[RunRecord]) -> list[str]:
+    """Markdown lines: each diagnosed run's findings with their evidence, or a line saying there are none."""
+    lines = []
+    for run in runs:
+        for finding in run.diagnosis.findings:
+            lines.append(f"- **{run.name}**: `{finding.mode}`: {finding.summary}")
+    return lines or ["No run shows a failure mode."]
+
+
+def render_csv(runs: Sequence[RunRecord], results: Mapping[str, Mapping[str, Any]]) -> str:
+    """summary.csv: one row per run, `RESULT_KEYS` unformatted (accuracies as fractions, seconds; empty = None),
+    then ``diagnoses``: the run's diagnosed modes separated by ';' (empty: none)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["run", *RESULT_KEYS])
-    for name, result in results.items():
-        writer.writerow([name, *("" if result[key] is None else result[key] for key in RESULT_KEYS)])
+    writer.writerow(["run", *RESULT_KEYS, "diagnoses"])
+    for run in runs:
+        result = results[run.name]
+        cells = ["" if result[key] is None else result[key] for key in RESULT_KEYS]
+        writer.writerow([run.name, *cells, ";".join(run.diagnosis.modes)])
     return buffer.getvalue()
 
 
@@ -240,6 +271,7 @@ def _markdown_row(run: RunRecord, result: Mapping[str, Any]) -> list[str]:
         cells += [_or_dash(result[epochs_key]), _duration(result[seconds_key])]
     images_per_s = result["images_per_s"]
     cells += ["-" if images_per_s is None else f"{images_per_s:,.0f}", _duration(result["wall_seconds"])]
+    cells.append(", ".join(run.diagnosis.modes) or "-")
     return cells
 
 
