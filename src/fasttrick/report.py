@@ -1,10 +1,17 @@
-"""Regenerate a grid's summary.md, summary.csv and plots/ from its run folders.
+"""Regenerate grids' summaries, plots and run diagnoses, and write REPORT.md across them.
 
     python -m fasttrick.report runs/group2
+    python -m fasttrick.report runs/lr_momentum runs/group2 runs/group3 --out docs/results
+
+For each DIR: DIR/summary.md, DIR/summary.csv, DIR/plots/{val_acc,train_loss,lr}.png and each run's
+diagnosis.json (its failure modes: diverged, not_learning, unstable, overfitting, lr_floor). Then REPORT.md:
+per study a table (mean ± std over seeds), the plots and the diagnoses, and a verdict (confirmed, refuted,
+inconclusive) on each of the post's nine claims, with the runs it rests on. REPORT.md goes into --out, by
+default the folder holding the DIRs (their common parent: runs/ above).
 
 Every number comes from the run folders' metrics.jsonl, so this works at any time: while a grid is still
-running, after it was killed, or on run folders copied from another machine. Exit code 2 when DIR is not a grid
-folder (one `python -m fasttrick.train` wrote: a grid.yaml and run folders).
+running, after it was killed, or on run folders copied from another machine. Exit code 2 when a DIR is not a
+grid folder (one `python -m fasttrick.train` wrote: a grid.yaml and run folders) or two DIRs hold the same study.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .grid.summary import NotAGridFolder, write_summary
+from .grid.study_report import ReportError, write_report
+from .grid.summary import NotAGridFolder
 
 EXIT_NOT_A_GRID = 2  # the exit code argparse uses for a bad command line
 
@@ -24,16 +32,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m fasttrick.report",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Writes DIR/summary.md, DIR/summary.csv and DIR/plots/{val_acc,train_loss,lr}.png.",
     )
-    parser.add_argument("grid_dir", metavar="DIR", type=Path, help="a grid's output folder (the train CLI's --out)")
+    parser.add_argument(
+        "grid_dirs", metavar="DIR", type=Path, nargs="+", help="a grid's output folder (the train CLI's --out)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="folder for REPORT.md (default: the common parent of the DIRs)"
+    )
     args = parser.parse_args(argv)
     try:
-        summary_path = write_summary(args.grid_dir)
-    except NotAGridFolder as error:
+        report_path = write_report(args.grid_dirs, args.out)
+    except (NotAGridFolder, ReportError) as error:
         print(f"fasttrick.report: {error}", file=sys.stderr)
         return EXIT_NOT_A_GRID
-    print(f"wrote {summary_path}, and summary.csv and plots/ beside it")
+    for grid_dir in args.grid_dirs:
+        print(f"wrote {grid_dir / 'summary.md'}, and summary.csv, plots/ and each run's diagnosis.json beside it")
+    print(f"wrote {report_path}")
     return 0
 
 

@@ -171,13 +171,13 @@ def write_summary(grid_dir: Path) -> Path:
     for run in runs:
         if run.metrics:
             diagnosis_json = json.dumps(run.diagnosis.to_json(), indent=2) + "\n"
-            _atomic_write(grid_dir / run.name / "diagnosis.json", diagnosis_json.encode())
+            write_file_atomically(grid_dir / run.name / "diagnosis.json", diagnosis_json.encode())
     summary_path = grid_dir / "summary.md"
-    _atomic_write(summary_path, render_markdown(grid_name, runs, results).encode())
-    _atomic_write(grid_dir / "summary.csv", render_csv(runs, results).encode())
+    write_file_atomically(summary_path, render_markdown(grid_name, runs, results).encode())
+    write_file_atomically(grid_dir / "summary.csv", render_csv(runs, results).encode())
     curves = {run.label: run.metrics for run in runs}
     for name, make_figure in plots.FIGURES.items():
-        _atomic_write(grid_dir / "plots" / f"{name}.png", plots.png_bytes(make_figure(curves, grid_name)))
+        write_file_atomically(grid_dir / "plots" / f"{name}.png", plots.png_bytes(make_figure(curves, grid_name)))
     return summary_path
 
 
@@ -328,7 +328,7 @@ def _run_names_in_grid_file(path: Path) -> list[str]:
     return []
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def write_file_atomically(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename it over path (atomic on POSIX)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
