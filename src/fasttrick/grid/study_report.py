@@ -350,7 +350,9 @@ def claim_3(studies: Studies) -> tuple[str, str, list[Group]]:
             f"{_name(s)} {_pct(s.stat('final_val_acc'))} vs {_name(c)} {_pct(c.stat('final_val_acc'))}" for c, s in mine
         )
         parts.append((outcome, f"{optimizer}: {shown}"))
-        evidence += [g for pair in mine for g in pair if g not in evidence]
+        for group in (g for pair in mine for g in pair):
+            if all(group is not shown_group for shown_group in evidence):
+                evidence.append(group)
     return *_combine(parts), evidence
 
 
