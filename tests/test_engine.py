@@ -317,7 +317,7 @@ def test_killed_and_resumed_run_ends_as_an_uninterrupted_one(synthetic, tmp_path
     with pytest.raises(Interrupted):
         run_grid(grid, tmp_path / "killed", session=quiet_session(synthetic), on_epoch_end=kill_after_first_epoch)
     killed_dir = tmp_path / "killed" / "seed0"
-    assert json.loads((killed_dir / "status.json").read_text())["status"] == "failed"
+    assert json.loads((killed_dir / "status.json").read_text())["status"] == "interrupted"
     assert len((killed_dir / "metrics.jsonl").read_text().splitlines()) == 1
 
     lines: list[str] = []

@@ -18,6 +18,9 @@ examples:
   python -m fasttrick.train --config configs/group2.yaml --dry-run         # list the runs, train nothing
   python -m fasttrick.train --config configs/group1.yaml --profile faithful   # the post's 200 epochs
   python -m fasttrick.train --config configs/l2.yaml --only 'wd0.01-*' --set optimizer.lr=0.05
+  python -m fasttrick.train --config configs/smoke.yaml --workers 2               # 2 runs at once, 1 thread each
+  python -m fasttrick.train --config configs/group2.yaml --backend ray --gpus-per-run 0.5   # local Ray, 2 runs/GPU
+  python -m fasttrick.train --config configs/group2.yaml --backend ray --address auto --out /nfs/runs/group2
   python -m fasttrick.report runs/group2                                   # summary and plots again
 
 config keys (see src/fasttrick/config.py): seed, data.{root,loader,batch_size,train_subset,test_subset},
@@ -26,8 +29,11 @@ deterministic,label_smoothing}, optimizer.{name: fused_sgdw|sgd|adam|adamw|nadam
 scheduler.{name: step|multistep|cosine|cosine_restarts|plateau|constant, ...}, warmup.{epochs,start_factor}.
 Epoch counts of schedules take whole epochs (70) or a share of the run ("35%").
 
-exit status: 0 all selected runs finished or diverged; 1 a run failed; 2 bad config or arguments;
-130 interrupted (rerun the same command to resume).
+A rerun skips finished runs, resumes interrupted ones, and reports failed ones (--restart-failed
+starts them over).
+
+exit status: 0 all selected runs finished or diverged; 1 a run failed; 2 bad config or arguments, or
+runs that would not fit the GPU's memory; 130 interrupted (rerun the same command to resume).
 """
 
 
@@ -78,6 +84,42 @@ def parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="validate and print the expanded grid; write and train nothing"
     )
     p.add_argument("--no-bar", action="store_true", help="plain log lines even on a terminal")
+    p.add_argument(
+        "--restart-failed",
+        action="store_true",
+        help="start failed runs over (a rerun otherwise skips them and reports their error)",
+    )
+    run = p.add_argument_group("where runs train (default: one after another in this process)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N runs at once on this machine, one process each (CPU: cores/N threads each; GPUs: "
+        "worker i on GPU i %% GPUs, packing checked against the GPU's memory)",
+    )
+    run.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help='local (default) or ray: one Ray task per run (pip install "fasttrick[ray]"); on a cluster '
+        "--out must be a filesystem every node shares",
+    )
+    run.add_argument(
+        "--address",
+        metavar="auto|HOST:PORT",
+        help="Ray cluster to join (default: a local Ray instance; auto: the cluster `ray start` runs here)",
+    )
+    run.add_argument(
+        "--gpus-per-run",
+        type=float,
+        metavar="F",
+        help="Ray: GPU share of a run, 0 < F <= 1 (0.5 packs two runs per GPU, after a measured memory "
+        "check); default 1 when the cluster has GPUs",
+    )
+    run.add_argument(
+        "--cpus-per-run", type=int, default=1, metavar="N", help="Ray: CPUs (and torch threads) of a run (default 1)"
+    )
     return p
 
 
@@ -127,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     # Imports after parsing: --help answers without loading torch.
     from .config import ConfigError
     from .data import DataSourceError
+    from .engine import Interrupted
     from .grid import load_grid
+    from .grid.memory import DoesNotFit
+    from .grid.ray_backend import RayUnavailable
 
     try:
         if args.epochs is not None and args.epochs < 1:
@@ -148,15 +193,28 @@ def main(argv: list[str] | None = None) -> int:
         from .grid import run_grid
 
         statuses = run_grid(
-            grid, out, only=args.only, fresh=args.fresh, session=Session(bar=False if args.no_bar else None)
+            grid,
+            out,
+            only=args.only,
+            fresh=args.fresh,
+            restart_failed=args.restart_failed,
+            session=Session(bar=False if args.no_bar or args.workers > 1 or args.backend == "ray" else None),
+            backend=args.backend,
+            workers=args.workers,
+            address=args.address,
+            gpus_per_run=args.gpus_per_run,
+            cpus_per_run=args.cpus_per_run,
         )
     except ConfigError as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return 2
+    except (DoesNotFit, RayUnavailable) as err:
+        print(f"refused: {err}", file=sys.stderr)
+        return 2
     except DataSourceError as err:
         print(f"no CIFAR-10: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
     counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}

@@ -478,15 +478,24 @@ def load_cifar10(
     path = cache_path(located, cache_dir)
     fingerprint = _fingerprint(kind, located)
     data = None if rebuild else read_cache(path, fingerprint)
+    reread = not rebuild  # under the lock below: another process may have built it meanwhile
     if data is not None:
         try:
             verify(data)
         except DataSourceError as err:
             log.warning("CIFAR-10 cache %s fails verification; rebuilding. %s", path, err)
-            data = None
+            data, reread = None, False
     if data is None:
-        data = decode_source(source)
-        verify(data)
-        write_cache(path, data, fingerprint)
-        log.info("cached CIFAR-10 (%d MB uint8) at %s", data.nbytes >> 20, path)
+        # Grid workers starting at once would each decode the source (~11 s on 2 cores, all cores busy):
+        # the first builds the cache under this lock, the others wait for it and then read it.
+        from filelock import FileLock  # a dependency of torch
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            data = read_cache(path, fingerprint) if reread else None
+            if data is None:
+                data = decode_source(source)
+                verify(data)
+                write_cache(path, data, fingerprint)
+                log.info("cached CIFAR-10 (%d MB uint8) at %s", data.nbytes >> 20, path)
     return data

@@ -1,0 +1,132 @@
+"""Will k runs fit one GPU? Measured before packing them, not guessed.
+
+Neither Ray's fractional GPUs (``num_gpus=0.5``) nor N local workers on one GPU limit what a run
+allocates: two runs that do not fit simply crash with CUDA out-of-memory, minutes into the grid. So
+before packing, one run of each distinct memory footprint trains a few steps in a fresh process on
+the GPU, its peak is measured, and ``runs per GPU x peak`` is compared with the GPU's memory.
+
+The probe functions run on a GPU (:func:`probe_run_memory`); :func:`check_fit` is plain arithmetic,
+so tests drive it with simulated probes on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from ..data.sources import IMAGE_SHAPE, NUM_TEST, NUM_TRAIN
+from .expand import GridRun
+
+# Packed runs share the GPU with each other's allocator fragmentation and with compile's autotuning
+# scratch, neither of which one probe sees: keep 10% of the memory free.
+USABLE_SHARE = 0.9
+# Steps to reach a run's steady peak: the first allocates the optimizer state, the second reuses the
+# freed activations; a third confirms nothing grows.
+PROBE_STEPS = 3
+IMAGE_BYTES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
+
+
+class DoesNotFit(RuntimeError):
+    """Packing runs onto a GPU would exceed its memory; the message gives the figures and the way out."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryProbe:
+    run: str  # the run measured (one per distinct footprint)
+    peak_bytes: int  # the run's process at its peak: the allocator's reserve, the CUDA context, the data set
+    total_bytes: int  # the GPU's memory
+    device_name: str
+
+
+def footprint(run: GridRun) -> tuple:
+    """What sets a run's GPU memory: model size, batch, precision, optimizer state, data resident on the GPU."""
+    c = run.config
+    return (
+        c.model.width,
+        c.model.channels_last,
+        c.data.batch_size,
+        c.data.train_subset,
+        c.data.test_subset,
+        c.train.precision,
+        c.optimizer.name,
+    )
+
+
+def representatives(runs: Sequence[GridRun]) -> list[GridRun]:
+    """One run per distinct footprint: a grid of 30 runs over lr and schedules needs one probe, not 30."""
+    seen: dict[tuple, GridRun] = {}
+    for run in runs:
+        seen.setdefault(footprint(run), run)
+    return list(seen.values())
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def check_fit(probes: Sequence[MemoryProbe], runs_per_gpu: int) -> None:
+    """Raise :class:`DoesNotFit` when ``runs_per_gpu`` copies of the largest probed run exceed the GPU."""
+    if not probes or runs_per_gpu < 2:
+        return
+    largest = max(probes, key=lambda p: p.peak_bytes)
+    needed = runs_per_gpu * largest.peak_bytes
+    usable = USABLE_SHARE * largest.total_bytes
+    if needed > usable:
+        fits = int(usable // largest.peak_bytes)
+        way_out = (
+            f"pack at most {fits} per GPU (--gpus-per-run {1 / fits:.2g} with Ray, or fewer --workers per GPU)"
+            if fits >= 1
+            else "one run alone does not fit: lower data.batch_size or model.width"
+        )
+        raise DoesNotFit(
+            f"{runs_per_gpu} runs per GPU do not fit: run {largest.run!r} peaks at {gib(largest.peak_bytes)} "
+            f"(measured), {runs_per_gpu} x {gib(largest.peak_bytes)} = {gib(needed)} > {gib(usable)} "
+            f"({USABLE_SHARE:.0%} of the {gib(largest.total_bytes)} of {largest.device_name}); {way_out}."
+        )
+
+
+def probe_run_memory(run: GridRun) -> MemoryProbe:
+    """Train ``run``'s model for a few steps on random data on the current CUDA device; its peak memory.
+
+    Call it in a fresh process (a spawned worker, a Ray task): it creates a CUDA context, which is
+    only freed when the process exits. Eager mode: inductor's fused graphs usually hold fewer
+    activations, while compile_mode=reduce-overhead's CUDA-graph pools may hold more (the headroom
+    in USABLE_SHARE is for that).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ..engine import build_optimizer, resolve_runtime
+    from ..models import resnet18
+
+    config = run.config
+    runtime = resolve_runtime(config)
+    if runtime.device.type != "cuda":
+        raise RuntimeError(f"run {run.name!r} resolves to device {runtime.device}; the memory probe needs a GPU")
+    device = runtime.device
+    torch.cuda.set_device(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    model = resnet18(width=config.model.width).to(device)
+    if config.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(config.optimizer, model.parameters(), device)
+    batch = config.data.batch_size
+    images = torch.randn(batch, 3, 32, 32, device=device, dtype=runtime.amp_dtype or torch.float32)
+    if config.model.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    for _ in range(PROBE_STEPS):
+        with torch.autocast("cuda", dtype=runtime.amp_dtype, enabled=runtime.amp_dtype is not None):
+            loss = F.cross_entropy(model(images).float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    torch.cuda.synchronize(device)
+    free, total = torch.cuda.mem_get_info(device)
+    # The context, cuDNN/cuBLAS code and handles live outside the caching allocator: device memory in
+    # use minus the allocator's reserve (an upper figure if other processes share the GPU).
+    outside_allocator = max(0, (total - free) - torch.cuda.memory_reserved(device))
+    # The torch loader keeps the whole (sub)set on the GPU as uint8 (184 MB for all of CIFAR-10).
+    images_on_device = (config.data.train_subset or NUM_TRAIN) + (config.data.test_subset or NUM_TEST)
+    peak = torch.cuda.max_memory_reserved(device) + outside_allocator + images_on_device * IMAGE_BYTES
+    return MemoryProbe(run.name, int(peak), int(total), torch.cuda.get_device_name(device))

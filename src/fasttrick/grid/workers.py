@@ -1,0 +1,213 @@
+"""``--workers N``: N runs at once on this machine, one worker process each, no Ray.
+
+Each worker is a spawned process that lives for the whole grid and trains runs one after another
+with one :class:`~fasttrick.engine.Session`, so torch.compile is paid once per worker, not per run.
+The driver hands a run to whichever worker is idle and forwards the workers' log lines.
+
+- CPU grids: each worker gets ``cores // N`` torch threads. On 2 cores, 2 one-thread workers finish
+  4 smoke runs in less time than 1 two-thread worker (small convolutions do not scale to 2 threads;
+  see benchmarks/test_bench_grid.py).
+- GPUs: worker i sees GPU ``i % GPUs`` only (CUDA_VISIBLE_DEVICES), so N > GPUs packs several runs
+  onto one GPU, after a measured check that they fit (fasttrick.grid.memory).
+- A worker that dies (killed, out of host memory) costs its run one retry, resumed from the run's
+  last checkpoint in a fresh worker; a second death marks the run failed. The rest go on.
+- Workers die with the driver (Linux: PR_SET_PDEATHSIG), so a killed driver leaves no orphan
+  writing into a run folder that the rerun resumes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..data import DataSourceError
+from ..engine import Interrupted, Session, read_status, write_status
+from . import memory
+from .expand import GridRun
+from .runner import EpochHook, execute_run, mark_interrupted
+
+# A run whose worker died is retried this many times (resumed from its checkpoint), as Ray's
+# max_retries does for a task whose worker died; a run that kills its worker every time then fails.
+WORKER_DEATH_RETRIES = 1
+POLL_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def local_gpu_count(runs: Sequence[GridRun]) -> int:
+    """GPUs the workers spread over: all visible ones when every run asks for "auto" or "cuda", else 0.
+
+    A run that names a device ("cuda:1", "cpu") keeps it, and the workers then leave the GPUs alone.
+    """
+    if not all(run.config.train.device in ("auto", "cuda") for run in runs):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def probe_in_subprocess(runs: Sequence[GridRun]) -> list[memory.MemoryProbe]:
+    """Peak GPU memory of each run in ``runs``, measured in one fresh process (its CUDA context then freed)."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return list(pool.map(memory.probe_run_memory, runs))
+
+
+def check_packing(runs: Sequence[GridRun], workers: int) -> None:
+    """Refuse (memory.DoesNotFit) ``workers`` runs at once when those sharing a GPU would not fit it."""
+    gpus = local_gpu_count(runs)
+    runs_per_gpu = math.ceil(workers / gpus) if gpus else 0
+    if runs_per_gpu >= 2:
+        memory.check_fit(probe_in_subprocess(memory.representatives(runs)), runs_per_gpu)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the driver died before prctl took effect
+        os._exit(1)
+
+
+def _worker_main(parent_pid, worker_id, threads, gpu, inbox, outbox, on_epoch_end) -> None:
+    """A worker process: train the runs the driver sends until it sends None."""
+    _die_with_parent(parent_pid)
+    if gpu is not None:  # before anything initialises CUDA in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    import torch
+
+    torch.set_num_threads(threads)
+    session = Session(log=lambda line: outbox.put(("log", worker_id, line)), bar=False)
+    try:
+        while (task := inbox.get()) is not None:
+            run, run_dir = task
+            try:
+                status = execute_run(run, run_dir, session, on_epoch_end=on_epoch_end)
+            except DataSourceError as err:
+                outbox.put(("no data", worker_id, run.name, str(err)))
+                return
+            except Interrupted as err:
+                outbox.put(("interrupted", worker_id, run.name, str(err)))
+                return
+            outbox.put(("done", worker_id, run.name, status))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the driver handles it
+        return
+
+
+class _Worker:
+    def __init__(self, context, worker_id: int, threads: int, gpu: int | None, outbox, on_epoch_end):
+        self.inbox = context.Queue()
+        self.process = context.Process(
+            target=_worker_main,
+            args=(os.getpid(), worker_id, threads, gpu, self.inbox, outbox, on_epoch_end),
+            name=f"fasttrick-worker-{worker_id}",
+            daemon=True,
+        )
+        self.process.start()
+        self.run: GridRun | None = None
+        self.started = 0.0
+
+    def send(self, run: GridRun, out: Path) -> None:
+        self.run, self.started = run, time.perf_counter()
+        self.inbox.put((run, out / run.name))
+
+    def stop(self, timeout: float) -> None:
+        if self.process.is_alive():
+            self.inbox.put(None)
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exited with status {exitcode}"
+
+
+def run_in_workers(
+    runs: Sequence[GridRun], out: Path, workers: int, log: Callable[[str], None], on_epoch_end: EpochHook | None
+) -> dict[str, str]:
+    """Train ``runs`` into ``out`` with ``workers`` processes at once; returns {run name: status}."""
+    context = multiprocessing.get_context("spawn")  # fork would copy the driver's threads and CUDA state
+    workers = min(workers, len(runs))
+    gpus = local_gpu_count(runs)
+    threads = max(1, usable_cores() // workers)
+    outbox = context.Queue()
+
+    def start(worker_id: int) -> _Worker:
+        return _Worker(context, worker_id, threads, worker_id % gpus if gpus else None, outbox, on_epoch_end)
+
+    where = f"{gpus} GPU(s), {math.ceil(workers / gpus)} runs per GPU" if gpus else f"CPU, {threads} thread(s) each"
+    log(f"{len(runs)} runs on {workers} worker processes ({where})")
+    pool = [start(i) for i in range(workers)]
+    waiting = deque(runs)
+    deaths: dict[str, int] = {}
+    statuses: dict[str, str] = {}
+    done = 0
+
+    def finish(worker: _Worker, status: str) -> None:
+        nonlocal done
+        done += 1
+        name = worker.run.name
+        statuses[name] = status
+        log(f"[{done}/{len(runs)}] {name}: {status} in {time.perf_counter() - worker.started:.1f} s")
+        worker.run = None
+
+    try:
+        while waiting or any(w.run is not None for w in pool):
+            for worker in pool:
+                if worker.run is None and waiting:
+                    run = waiting.popleft()
+                    log(f"{run.name}: started on worker {pool.index(worker)}")
+                    worker.send(run, out)
+            try:
+                kind, worker_id, *payload = outbox.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                kind = None
+            if kind == "log":
+                log(payload[0])
+            elif kind == "done":
+                finish(pool[worker_id], payload[1])
+            elif kind == "no data":
+                raise DataSourceError(payload[1])
+            elif kind == "interrupted":
+                raise Interrupted(payload[1])
+            if kind is not None:
+                continue  # drain the queue before looking for dead workers: a "done" may precede a death
+            for worker_id, worker in enumerate(pool):
+                if worker.run is None or worker.process.is_alive():
+                    continue
+                run, reason = worker.run, f"worker process {worker.process.pid} {_death(worker.process.exitcode)}"
+                deaths[run.name] = deaths.get(run.name, 0) + 1
+                if deaths[run.name] <= WORKER_DEATH_RETRIES:
+                    log(f"{run.name}: {reason}; retrying it, resumed from its last checkpoint")
+                    mark_interrupted(out / run.name, f"{reason}; rerun the same command to resume")
+                    waiting.appendleft(run)
+                    worker.run = None
+                else:
+                    state = read_status(out / run.name) or {}
+                    write_status(out / run.name, "failed", state.get("epoch", 0), f"{reason}, {deaths[run.name]} times")
+                    finish(worker, "failed")
+                pool[worker_id] = start(worker_id)
+    finally:
+        for worker in pool:
+            if worker.run is not None:  # stopped from outside: interrupted, resumable
+                worker.process.kill()
+                mark_interrupted(out / worker.run.name)
+            worker.stop(timeout=10)
+    return statuses
