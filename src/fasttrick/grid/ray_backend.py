@@ -15,7 +15,8 @@ is also a smaller install than ``ray[tune]``.
 - A task whose worker process dies (killed, out of host memory) is retried once by Ray
   (``max_retries=1``) and resumes from the run's last checkpoint; an exception in a run is not
   retried: it is a failed run, reported with its error. Rerunning the command resumes the rest.
-- A local instance starts with the dashboard off and every service on 127.0.0.1.
+- A local instance starts with the dashboard off and every service on 127.0.0.1 (when this module
+  is what first imports ray).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ INSTALL_HINT = 'the ray backend needs Ray: pip install "fasttrick[ray]"'
 # A task whose worker process died is run once more (resuming from its checkpoint); see the docstring.
 WORKER_DEATH_RETRIES = 1
 STORAGE_MARKER = ".fasttrick-ray-storage"
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 _worker_session: Session | None = None  # one per Ray worker process, reused by its later tasks
 
@@ -94,6 +96,11 @@ class RayCluster:
     def connect(cls, address: str | None, log: Callable[[str], None]) -> RayCluster:
         """``address`` None: a local Ray instance (or the one this process already started); "auto" or
         HOST:PORT: a running cluster (``ray start --head`` on the head node)."""
+        if address is None:
+            # A local instance serves this machine only. Ray's no-cluster mode (its default on macOS and
+            # Windows) binds GCS, raylet and workers to 127.0.0.1 instead of every interface; Ray reads
+            # this when it is first imported.
+            os.environ.setdefault(LOCAL_ONLY_ENV, "0")
         ray = import_ray()
         start = time.time()
         if ray.is_initialized():  # the caller's own ray.init (a notebook, a test): used and left running
@@ -103,7 +110,7 @@ class RayCluster:
         }
         options: dict[str, Any] = dict(runtime_env={"env_vars": env_vars}, log_to_driver=True)
         if address is None:
-            options.update(include_dashboard=False, _node_ip_address="127.0.0.1")
+            options.update(include_dashboard=False)
         ray.init(address=address, **options)
         resources = ray.cluster_resources()
         log(

@@ -144,9 +144,11 @@ def run_in_workers(
 ) -> dict[str, str]:
     """Train ``runs`` into ``out`` with ``workers`` processes at once; returns {run name: status}."""
     context = multiprocessing.get_context("spawn")  # fork would copy the driver's threads and CUDA state
+    # Threads from the workers asked for, not from the runs left: a run's numerics then do not depend
+    # on how many runs a rerun still had to do (2 threads sum a convolution's gradient in another order).
+    threads = max(1, usable_cores() // workers)
     workers = min(workers, len(runs))
     gpus = local_gpu_count(runs)
-    threads = max(1, usable_cores() // workers)
     outbox = context.Queue()
 
     def start(worker_id: int) -> _Worker:
