@@ -227,7 +227,7 @@ def test_packing_that_does_not_fit_the_gpu_is_refused_before_anything_is_written
     assert (
         "refused: 2 runs per GPU do not fit: run 'fused_sgdw-step-seed0' peaks at 6.00 GiB" in capsys.readouterr().err
     )
-    assert probed == ["fused_sgdw-step-seed0"]  # one probe: the three runs share a memory footprint
+    assert probed == RUNS  # one probe per footprint: three optimizers, three sizes of optimizer state
     assert not out.exists()
 
 
