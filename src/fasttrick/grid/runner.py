@@ -240,8 +240,9 @@ def run_grid(
             elif workers > 1 and todo:
                 from .workers import run_in_workers
 
-                prepare_data(todo, session)
-                statuses.update(run_in_workers(todo, out, workers, log, on_epoch_end))
+                statuses.update(
+                    run_in_workers(todo, out, workers, log, on_epoch_end, prepare=lambda: prepare_data(todo, session))
+                )
             else:
                 statuses.update(_run_here(todo, out, session, on_epoch_end))
         finally:

@@ -153,9 +153,18 @@ def _death(exitcode: int | None) -> str:
 
 
 def run_in_workers(
-    runs: Sequence[GridRun], out: Path, workers: int, log: Callable[[str], None], on_epoch_end: EpochHook | None
+    runs: Sequence[GridRun],
+    out: Path,
+    workers: int,
+    log: Callable[[str], None],
+    on_epoch_end: EpochHook | None,
+    prepare: Callable[[], None],
 ) -> dict[str, str]:
-    """Train ``runs`` into ``out`` with ``workers`` processes at once; returns {run name: status}."""
+    """Train ``runs`` into ``out`` with ``workers`` processes at once; returns {run name: status}.
+
+    ``prepare()`` (the data cache) runs in this thread while the workers start: starting them waits
+    for the forkserver to import torch (~1.4 s), which need not wait for the cache (~0.5 s).
+    """
     context = start_context()
     # Threads from the workers asked for, not from the runs left: a run's numerics then do not depend
     # on how many runs a rerun still had to do (2 threads sum a convolution's gradient in another order).
@@ -169,7 +178,15 @@ def run_in_workers(
 
     where = f"{gpus} GPU(s), {math.ceil(workers / gpus)} runs per GPU" if gpus else f"CPU, {threads} thread(s) each"
     log(f"{len(runs)} runs on {workers} worker processes ({where})")
-    pool = [start(i) for i in range(workers)]
+    with concurrent.futures.ThreadPoolExecutor(1) as starter:
+        starting = starter.submit(lambda: [start(i) for i in range(workers)])
+        try:
+            prepare()
+        except BaseException:
+            for worker in starting.result():
+                worker.stop(timeout=10)
+            raise
+        pool = starting.result()
     waiting = deque(runs)
     deaths: dict[str, int] = {}
     statuses: dict[str, str] = {}
