@@ -1,6 +1,7 @@
 """Grid wall time on CPU: the four smoke-sized runs of configs/bench_grid.yaml with 1 worker (this
 process, all cores' threads) vs 2 workers (one process each, cores // 2 threads), in one session; and
 the fixed overhead Ray adds to a grid (local instance start, worker start, to the first run training).
+Each grid setting runs twice, in the order 1, 2, 2, 1 workers.
 
     FASTTRICK_DATA=... pytest benchmarks/test_bench_grid.py --benchmark-only -s
 
@@ -8,7 +9,7 @@ Each measurement is one ``python -m fasttrick.train`` command, timed from launch
 would time it; the CIFAR-10 cache is built before, so no measurement decodes JPEGs. Targets (the
 issue's): 2 workers <= 0.85 x the wall time of 1 worker on a 2-core machine; Ray's overhead <= 10 s.
 Both are asserted. The machine may be shared: extra_info carries the load average before and after,
-and the figures mean little under a load of another job. About 2 minutes on 2 cores.
+and the figures mean little under a load of another job. About 3.5 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -60,23 +61,29 @@ def load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-@pytest.fixture(scope="module")
-def walls() -> dict[int, float]:
-    return {}
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-def test_grid_wall_time_by_workers(benchmark, cache, walls, workers, tmp_path):
+def test_grid_wall_time_1_vs_2_workers(benchmark, cache, tmp_path):
+    """Each setting twice, in the order 1, 2, 2, 1, so a load that drifts during the test weighs on both."""
     before = load()
-    seconds, _ = benchmark.pedantic(train, args=(cache, tmp_path / "out", "--workers", str(workers)), rounds=1)
-    walls[workers] = seconds
-    benchmark.extra_info.update(workers=workers, wall_s=round(seconds, 1), load_before=before, load_after=load())
-    print(f"\n{workers} worker(s): {seconds:.1f} s for 4 smoke runs (load {before} -> {load()})")
-    if workers == 2 and 1 in walls:
-        ratio = walls[2] / walls[1]
-        benchmark.extra_info["ratio_to_1_worker"] = round(ratio, 3)
-        print(f"2 workers / 1 worker = {ratio:.2f} (target <= {SPEEDUP_TARGET})")
-        assert ratio <= SPEEDUP_TARGET
+
+    def measure() -> dict[int, list[float]]:
+        walls: dict[int, list[float]] = {1: [], 2: []}
+        for i, workers in enumerate((1, 2, 2, 1)):
+            seconds, _ = train(cache, tmp_path / f"out{i}", "--workers", str(workers))
+            walls[workers].append(seconds)
+            print(f"\n{workers} worker(s): {seconds:.1f} s for 4 smoke runs (load {load()})")
+        return walls
+
+    walls = benchmark.pedantic(measure, rounds=1)
+    ratio = sum(walls[2]) / sum(walls[1])
+    benchmark.extra_info.update(
+        wall_s_1_worker=[round(s, 1) for s in walls[1]],
+        wall_s_2_workers=[round(s, 1) for s in walls[2]],
+        ratio_2_to_1=round(ratio, 3),
+        load_before=before,
+        load_after=load(),
+    )
+    print(f"2 workers / 1 worker = {ratio:.2f} (target <= {SPEEDUP_TARGET}; load {before} -> {load()})")
+    assert ratio <= SPEEDUP_TARGET
 
 
 @pytest.mark.skipif(
