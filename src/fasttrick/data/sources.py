@@ -487,11 +487,12 @@ def load_cifar10(
             data, reread = None, False
     if data is None:
         # Grid workers starting at once would each decode the source (~11 s on 2 cores, all cores busy):
-        # the first builds the cache under this lock, the others wait for it and then read it.
+        # the first builds the cache under this lock, the others wait for it and then read it. The lock
+        # file lives in the temp folder: the cache folder holds caches only.
         from filelock import FileLock  # a dependency of torch
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
+        key = hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:16]
+        with FileLock(Path(tempfile.gettempdir()) / f"fasttrick-cache-{key}.lock"):
             data = read_cache(path, fingerprint) if reread else None
             if data is None:
                 data = decode_source(source)
