@@ -116,12 +116,17 @@ def test_the_local_instance_listens_on_localhost_only(local_ray):
 
 
 @needs_ray
-def test_gpus_per_run_without_a_gpu_in_the_cluster_is_refused(local_ray, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "extra, problem",
+    [
+        (["--gpus-per-run", "0.5"], "the Ray cluster has no GPU"),
+        (["--device", "cuda:1"], "train.device cuda:1: with Ray use cuda or auto; Ray gives each task its GPU"),
+    ],
+)
+def test_gpu_requests_the_cluster_cannot_meet_are_refused(local_ray, tmp_path, capsys, extra, problem):
     out = tmp_path / "out"
-    assert (
-        main(["--config", str(SMOKE), "--out", str(out), *CLI_TINY, "--backend", "ray", "--gpus-per-run", "0.5"]) == 2
-    )
-    assert "the Ray cluster has no GPU" in capsys.readouterr().err
+    assert main(["--config", str(SMOKE), "--out", str(out), *CLI_TINY, "--backend", "ray", *extra]) == 2
+    assert problem in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -128,7 +128,10 @@ class RayCluster:
 
     def gpus_per_task(self, runs: Sequence[GridRun], gpus_per_run: float | None) -> float:
         """Ray hides every GPU from a task that asks for none, so a run meant for a GPU must ask for one."""
-        wants_gpu = any(run.config.train.device.startswith("cuda") for run in runs)
+        indexed = sorted({run.config.train.device for run in runs if run.config.train.device.startswith("cuda:")})
+        if indexed:
+            raise ConfigError([f"train.device {indexed[0]}: with Ray use cuda or auto; Ray gives each task its GPU"])
+        wants_gpu = any(run.config.train.device == "cuda" for run in runs)
         may_use_gpu = all(run.config.train.device != "cpu" for run in runs)
         if gpus_per_run is not None or wants_gpu:
             if not self.gpus():
