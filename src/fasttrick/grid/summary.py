@@ -213,7 +213,8 @@ def render_markdown(title: str, runs: Sequence[RunRecord], results: Mapping[str,
     """summary.md: a headline, the table, what the columns mean, and each run's status message."""
     counts = Counter(run.status for run in runs)
     lines = [f"# Grid summary: {title}", ""]
-    lines.append(f"{len(runs)} runs: " + ", ".join(f"{count} {status}" for status, count in counts.items()) + ".")
+    noun = "run" if len(runs) == 1 else "runs"
+    lines.append(f"{len(runs)} {noun}: " + ", ".join(f"{count} {status}" for status, count in counts.items()) + ".")
     scored = [run for run in runs if results[run.name]["best_val_acc"] is not None]
     if scored:
         best = max(scored, key=lambda run: results[run.name]["best_val_acc"])
