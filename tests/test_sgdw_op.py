@@ -194,3 +194,47 @@ def test_missing_cpu_extension_is_jit_built_with_ninja(tmp_path):
     out = subprocess.run([sys.executable, "-c", _JIT_PROBE], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "jit ok" in out.stdout
+
+
+_ISA_PROBE = """
+import torch
+from fasttrick import FusedSGDW
+shapes = [(1,), (127,), (4099,), (64, 32, 3, 3)]
+for dtype in (torch.float32, torch.float64, torch.bfloat16):
+    params = [torch.randn(s, dtype=dtype, requires_grad=True) for s in shapes]
+    expected = [p.detach().clone().requires_grad_() for p in params]
+    for ps, backend in ((params, "cpu"), (expected, "reference")):
+        opt = FusedSGDW(ps, lr=0.1, momentum=0.9, dampening=0.1, weight_decay=5e-4, backend=backend)
+        torch.manual_seed(0)
+        for _ in range(5):
+            for p in ps:
+                p.grad = torch.randn_like(p)
+            opt.step()
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p, e, rtol=1.3e-6, atol=1e-5)
+print("isa ok")
+"""
+
+
+def _cpu_has(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return flag in f.read().split()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_cpu_kernel_matches_reference_at_every_simd_width(isa):
+    """The C++ kernel picks its SIMD width from the CPU; FASTTRICK_CPU_ISA forces each one this CPU has."""
+    import subprocess
+    import sys
+
+    if isa != "baseline" and not _cpu_has({"avx2": "avx2", "avx512": "avx512f"}[isa]):
+        pytest.skip(f"this CPU has no {isa}")
+    if "cpu" not in available_backends("cpu"):
+        pytest.skip("the C++ CPU kernel is not available here")
+    env = {**os.environ, "FASTTRICK_CPU_ISA": isa}
+    out = subprocess.run([sys.executable, "-c", _ISA_PROBE], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "isa ok" in out.stdout
