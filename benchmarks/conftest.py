@@ -13,6 +13,7 @@ import torch
 # backend is then left out of the benchmarks (tests/ check its numerics under the interpreter).
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
+
 def synchronize() -> None:
     if DEVICE == "cuda":
         torch.cuda.synchronize()
