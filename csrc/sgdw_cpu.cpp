@@ -208,18 +208,12 @@ void sgdw_cpu(at::TensorList params, at::TensorList grads, at::TensorList bufs, 
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fasttrick_sgdw_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    SgdwScalars<opmath_t> s;
+    auto s = make_sgdw_scalars<opmath_t>(momentum, dampening, weight_decay, nesterov, maximize, decoupled_weight_decay,
+                                         first_step, grad_scale.has_value());
     s.lr = static_cast<opmath_t>(lr.item<float>());
-    s.has_grad_scale = grad_scale.has_value();
-    s.grad_scale = s.has_grad_scale ? static_cast<opmath_t>(grad_scale->item<float>()) : opmath_t(1);
-    s.momentum = static_cast<opmath_t>(momentum);
-    s.one_minus_dampening = static_cast<opmath_t>(1.0 - dampening);
-    s.weight_decay = static_cast<opmath_t>(weight_decay);
-    s.has_momentum = has_momentum;
-    s.nesterov = nesterov;
-    s.maximize = maximize;
-    s.decoupled_weight_decay = decoupled_weight_decay;
-    s.first_step = first_step;
+    if (s.has_grad_scale) {
+      s.grad_scale = static_cast<opmath_t>(grad_scale->item<float>());
+    }
     // Momentum and the AMP grad write-back change what is loaded and stored: compile them in.
     if (has_momentum) {
       s.has_grad_scale ? sgdw_cpu_group<scalar_t, true, true>(params, grads, bufs, s)

@@ -214,18 +214,9 @@ void sgdw_cuda(at::TensorList params, at::TensorList grads, at::TensorList bufs,
   const float* found_inf_ptr = found_inf.has_value() ? found_inf->data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fasttrick_sgdw_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    SgdwScalars<opmath_t> s;
-    s.lr = opmath_t(0);  // read from lr_ptr in the kernel
-    s.grad_scale = opmath_t(1);
-    s.has_grad_scale = grad_scale.has_value();
-    s.momentum = static_cast<opmath_t>(momentum);
-    s.one_minus_dampening = static_cast<opmath_t>(1.0 - dampening);
-    s.weight_decay = static_cast<opmath_t>(weight_decay);
-    s.has_momentum = has_momentum;
-    s.nesterov = nesterov;
-    s.maximize = maximize;
-    s.decoupled_weight_decay = decoupled_weight_decay;
-    s.first_step = first_step;
+    // lr and grad_scale are read from their device tensors inside the kernel: no host sync.
+    const auto s = make_sgdw_scalars<opmath_t>(momentum, dampening, weight_decay, nesterov, maximize,
+                                               decoupled_weight_decay, first_step, grad_scale.has_value());
     if (has_momentum) {
       launch_group<scalar_t, true>(params, grads, bufs, s, lr_ptr, grad_scale_ptr, found_inf_ptr);
     } else {

@@ -39,6 +39,27 @@ struct SgdwScalars {
   bool first_step;
 };
 
+// The launch's hyper-parameters as the op receives them; lr and grad_scale (device tensors) are filled
+// in by the caller: the CPU kernel reads them on the host, the CUDA kernel on the device.
+template <typename opmath_t>
+inline SgdwScalars<opmath_t> make_sgdw_scalars(double momentum, double dampening, double weight_decay, bool nesterov,
+                                               bool maximize, bool decoupled_weight_decay, bool first_step,
+                                               bool has_grad_scale) {
+  SgdwScalars<opmath_t> s;
+  s.lr = opmath_t(0);
+  s.grad_scale = opmath_t(1);
+  s.momentum = static_cast<opmath_t>(momentum);
+  s.one_minus_dampening = static_cast<opmath_t>(1.0 - dampening);
+  s.weight_decay = static_cast<opmath_t>(weight_decay);
+  s.has_grad_scale = has_grad_scale;
+  s.has_momentum = momentum != 0.0;
+  s.nesterov = nesterov;
+  s.maximize = maximize;
+  s.decoupled_weight_decay = decoupled_weight_decay;
+  s.first_step = first_step;
+  return s;
+}
+
 // Updates p and b in place and returns the (unscaled) gradient for the optional write-back.
 // V is the value type: opmath_t itself, or a SIMD register of it (Simd in sgdw_cpu.cpp);
 // V(x) broadcasts a scalar. `b` is not read on a first step, so an uninitialised buffer is fine there.
