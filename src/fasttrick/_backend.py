@@ -1,15 +1,13 @@
 """Capability probes: what this process can run. Each probe runs once and keeps the original error,
 so an explicitly requested backend can say why it is missing.
 
-Ground floor: imports nothing else of the package, and never imports triton or DALI at import time.
+Ground floor: imports nothing else of the package, and never imports triton at import time.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-import importlib.metadata
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,16 +78,3 @@ def extension_probe(kind: str) -> Probe:
     except Exception as exc:
         return Probe(False, f"{prebuilt_error}; JIT build failed: {type(exc).__name__}: {exc}")
     return Probe(True, "JIT-built with ninja (torch extensions cache)")
-
-
-@functools.cache
-def dali_probe() -> Probe:
-    """Looks for NVIDIA DALI without importing it (the import costs about a second)."""
-    if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
-        return Probe(False, "nvidia-dali is not installed (pip install 'fasttrick[dali]')")
-    for dist in ("nvidia-dali-cuda120", "nvidia-dali-cuda130", "nvidia-dali-cuda110"):
-        try:
-            return Probe(True, f"{dist} {importlib.metadata.version(dist)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return Probe(True, "nvidia.dali (version unknown)")

@@ -10,6 +10,7 @@ import platform
 import torch
 
 from . import __version__, _backend
+from .data import dali_import_error
 from .ops import available_backends
 
 
@@ -29,8 +30,18 @@ def environment_report() -> dict[str, object]:
         "cuda_extension": _backend.extension_probe("cuda").detail if torch.version.cuda else "CPU-only torch",
         "backends_cpu": available_backends("cpu"),
         "backends_cuda": available_backends("cuda") if cuda else [],
-        "dali": _backend.dali_probe().detail,
+        "dali": _dali_detail(),
     }
+
+
+def _dali_detail() -> str:
+    """Whether DALI imports, asked the way build_loader asks it, so the report and `auto` agree."""
+    error = dali_import_error()
+    if error is not None:
+        return f"not importable ({error}); pip install 'fasttrick[dali]'"
+    import nvidia.dali
+
+    return f"nvidia.dali {nvidia.dali.__version__}"
 
 
 def main() -> None:
