@@ -8,8 +8,8 @@ src/fasttrick/ops/library.py:
 Environment variables:
   FASTTRICK_SKIP_CPU_EXT=1    do not build fasttrick._C
   FASTTRICK_SKIP_CUDA_EXT=1   do not build fasttrick._C_cuda
-  TORCH_CUDA_ARCH_LIST        CUDA architectures (default here: "9.0", the H100; torch's own default
-                              otherwise probes the local GPU)
+  TORCH_CUDA_ARCH_LIST        CUDA architectures (default here: DEFAULT_CUDA_ARCH_LIST below; a value you
+                              set wins; torch's own default would probe the build machine's GPU)
   MAX_JOBS                    parallel compile jobs (ninja)
 A missing extension never breaks `import fasttrick`: the Python side JIT-builds it with ninja on
 first use, or falls back to the Triton / foreach backends.
@@ -18,6 +18,11 @@ first use, or falls back to the Triton / foreach backends.
 import os
 
 from setuptools import setup
+
+# SASS for the GPUs people train on: A100/A30 (8.0), RTX 30xx/A10/A40 (8.6), RTX 40xx/L4/L40 (8.9),
+# H100/H200 (9.0); PTX of 9.0 lets the driver JIT-compile for newer ones (B200, RTX 50xx) instead of
+# failing with "no kernel image is available". Each architecture adds to the build time.
+DEFAULT_CUDA_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"
 
 ext_modules = []
 cmdclass = {}
@@ -45,11 +50,13 @@ else:
             )
         )
     if not _flag("FASTTRICK_SKIP_CUDA_EXT") and CUDA_HOME is not None and torch.version.cuda is not None:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
         ext_modules.append(
             CUDAExtension(
                 "fasttrick._C_cuda",
                 ["csrc/sgdw_cuda.cu"],
+                depends=["csrc/sgdw_multi_tensor.h", "csrc/sgdw_math.h", "csrc/sgdw_checks.h"],
                 extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
             )
         )
