@@ -200,14 +200,15 @@ struct TensorRef {
   int64_t numel;
 };
 
-// The planner's view of a group: any list type whose elements have data_ptr<T>() and numel() (at::TensorList).
+// The planner's view of a group: any list whose elements have mutable_data_ptr<T>() and numel() (at::TensorList,
+// std::vector<torch::stable::Tensor>).
 template <typename scalar_t, typename opmath_t, bool kHasMomentum, typename List>
 std::vector<TensorRef<scalar_t, opmath_t>> tensor_refs(const List& params, const List& grads, const List& bufs) {
   std::vector<TensorRef<scalar_t, opmath_t>> refs;
   refs.reserve(params.size());
   for (size_t t = 0; t < params.size(); ++t) {
-    refs.push_back({params[t].template data_ptr<scalar_t>(), grads[t].template data_ptr<scalar_t>(),
-                    kHasMomentum ? bufs[t].template data_ptr<opmath_t>() : nullptr, params[t].numel()});
+    refs.push_back({params[t].template mutable_data_ptr<scalar_t>(), grads[t].template mutable_data_ptr<scalar_t>(),
+                    kHasMomentum ? bufs[t].template mutable_data_ptr<opmath_t>() : nullptr, params[t].numel()});
   }
   return refs;
 }
