@@ -64,7 +64,7 @@ def sgdw_foreach_(
             scale = torch.where(skip, 1.0, scale)  # g / 1 == g: a skipped step leaves the grads as they were
         torch._foreach_div_(g, scale)  # AMP: the unscaled grads are written back, as GradScaler.unscale_ does
         if low_precision:
-            torch._foreach_copy_(grads, g)
+            _commit(grads, g, skip)
 
     d = g  # the gradient term; a new list (ours to overwrite) once it differs from the grads
     if maximize:
@@ -124,7 +124,5 @@ def _commit(dst: list[Tensor], new: list[Tensor], skip: Tensor | None) -> None:
         torch._foreach_copy_(dst, new)
         return
     for t, v in zip(dst, new, strict=True):
-        if t.dtype == v.dtype:
-            torch.where(skip, t, v, out=t)  # read t, v; write t: no temporary
-        else:
-            t.copy_(torch.where(skip, t, v))  # where() promotes to v's dtype; t's values survive the round trip
+        # Rounded to t's dtype first, so a kept t is never converted (a NaN keeps its bits); out=t: no temporary.
+        torch.where(skip, t, v.to(t.dtype), out=t)
