@@ -138,3 +138,12 @@ def test_env_report_shows_the_choice_and_the_cause(fresh_probes, monkeypatch):
     assert backends["auto"] == "foreach"
     assert backends["foreach"] == "ok"
     assert NO_KERNEL_IMAGE in backends["cpu"] and "Fix:" in backends["cpu"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_every_gpu_here_runs_a_compiled_backend():
+    """The real probes on each GPU: the CUDA extension (built for this architecture) or at least Triton."""
+    for index in range(torch.cuda.device_count()):
+        chosen, skipped = dispatch.auto_choice(torch.device("cuda", index))
+        assert chosen in ("cuda", "triton"), skipped
