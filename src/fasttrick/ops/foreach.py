@@ -13,6 +13,10 @@ accelerator are never read on the host:
   (grads divided by 1, params decayed by 1) or computed into a temporary and committed with
   `torch.where(skip, old, new, out=old)`, so a skipped step changes nothing, bit for bit.
 fp16/bf16 params are updated in an fp32 copy (their buffers are fp32) and rounded back once.
+
+Tensor passes for fp32 with momentum and L2 (tests/test_foreach.py counts the bytes): 11 (torch's foreach
+step: 11); with a device lr 13; AMP with host scalars 13 (torch: GradScaler.unscale_'s 2 + 11, and a
+sync); AMP masked on a device 21, the price of no host sync and a bit-exact skipped step.
 """
 
 from __future__ import annotations
