@@ -1,5 +1,6 @@
 """Capability probes: what this process can run. Each probe runs once and keeps the original error,
-so an explicitly requested backend can say why it is missing.
+so an explicitly requested backend can say why it is missing, and the study runner can say which extra
+to install.
 
 Ground floor: imports nothing else of the package, and never imports triton at import time.
 """
@@ -18,6 +19,19 @@ _CSRC = Path(__file__).resolve().parents[2] / "csrc"  # present in a source chec
 _EXTENSIONS = {
     "cpu": ("fasttrick._C", ["sgdw_cpu.cpp"]),
     "cuda": ("fasttrick._C_cuda", ["sgdw_cuda.cu"]),
+}
+
+
+# The study runner's imports (module -> distribution), pyproject's `study` extra: `pip install fasttrick`
+# alone installs the optimizer (torch, triton) and none of these.
+STUDY_MODULES = {
+    "numpy": "numpy",
+    "PIL": "pillow",
+    "pydantic": "pydantic",
+    "yaml": "pyyaml",
+    "matplotlib": "matplotlib",
+    "tqdm": "tqdm",
+    "filelock": "filelock",
 }
 
 
@@ -78,3 +92,22 @@ def extension_probe(kind: str) -> Probe:
     except Exception as exc:
         return Probe(False, f"{prebuilt_error}; JIT build failed: {type(exc).__name__}: {exc}")
     return Probe(True, "JIT-built with ninja (torch extensions cache)")
+
+
+def study_extra_error() -> str | None:
+    """None when the study runner's dependencies import, else which are missing and the command that adds them.
+
+    Imports them (the CLI that asks is about to), so a package present but broken also counts as missing.
+    """
+    missing = []
+    for module, distribution in STUDY_MODULES.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(distribution)
+    if not missing:
+        return None
+    return (
+        f"the study runner needs {', '.join(missing)}, which the optimizer alone does not install: "
+        'pip install "fasttrick[study]" (from a checkout: pip install --no-build-isolation -e ".[study]")'
+    )

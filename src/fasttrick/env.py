@@ -1,6 +1,10 @@
-"""`python -m fasttrick.env`: what this machine can run (versions, FusedSGDW backends, DALI).
+"""`python -m fasttrick.env`: what this machine can run (versions, FusedSGDW backends per device, the
+study extra, DALI).
 
-`environment_report()` returns the same facts as a dict, for run folders and benchmark results.
+For every device (cpu, each cuda:N) it shows the backend `auto` runs there and why each other backend
+is skipped, with the fix; the probes are the ones the optimizer uses (ops/dispatch.py), tiny launches
+included. `environment_report()` returns the same facts as a dict, for run folders and benchmark
+results. Works on a bare `pip install fasttrick` (no study extra).
 """
 
 from __future__ import annotations
@@ -10,32 +14,46 @@ import platform
 import torch
 
 from . import __version__, _backend
-from .data import dali_import_error
-from .ops import available_backends
+from .ops.dispatch import auto_choice, explain_backends
 
 
 def environment_report() -> dict[str, object]:
     triton = _backend.triton_probe()
-    cuda = torch.cuda.is_available()
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
+    devices = ["cpu"] + [f"cuda:{i}" for i in range(len(gpus))]
     return {
         "fasttrick": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "gpu": torch.cuda.get_device_name() if cuda else None,
+        "gpu": ", ".join(gpus) or None,
         "cpu": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "triton": triton.detail,
         "cpu_extension": _backend.extension_probe("cpu").detail,
         "cuda_extension": _backend.extension_probe("cuda").detail if torch.version.cuda else "CPU-only torch",
-        "backends_cpu": available_backends("cpu"),
-        "backends_cuda": available_backends("cuda") if cuda else [],
+        **{f"backends {device}": _backends(device) for device in devices},
+        "study_extra": _backend.study_extra_error() or "installed",
         "dali": _dali_detail(),
+    }
+
+
+def _backends(device: str) -> dict[str, str]:
+    """{"auto": the backend auto runs, then every backend: "ok" or why it cannot run here}."""
+    chosen, _ = auto_choice(device)
+    return {"auto": chosen or "none runs here"} | {
+        name: "ok" if cause is None else f"unavailable: {cause}" for name, cause in explain_backends(device).items()
     }
 
 
 def _dali_detail() -> str:
     """Whether DALI imports, asked the way build_loader asks it, so the report and `auto` agree."""
+    if _backend.study_extra_error() is not None:
+        return 'the data loaders need the study extra: pip install "fasttrick[study,dali]"'
+    from .data import dali_import_error  # the study extra's numpy / pillow
+
     error = dali_import_error()
     if error is not None:
         return f"not importable ({error}); pip install 'fasttrick[dali]'"
@@ -48,8 +66,12 @@ def main() -> None:
     report = environment_report()
     width = max(map(len, report))
     for key, value in report.items():
-        shown = ", ".join(value) if isinstance(value, list) else value
-        print(f"{key:<{width}}  {shown if shown not in (None, '') else '-'}")
+        if isinstance(value, dict):
+            print(key)
+            for name, detail in value.items():
+                print(f"  {name:<{width - 2}}  {detail}")
+        else:
+            print(f"{key:<{width}}  {value if value not in (None, '') else '-'}")
 
 
 if __name__ == "__main__":

@@ -167,6 +167,11 @@ def describe(grid, selected, out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # Imports after parsing: --help answers without loading torch.
+    from ._backend import study_extra_error
+
+    if (missing := study_extra_error()) is not None:  # `pip install fasttrick` alone: the optimizer only
+        print(f"python -m fasttrick.train: {missing}", file=sys.stderr)
+        return 2
     from .config import ConfigError
     from .data import DataSourceError
     from .engine import Interrupted

@@ -1,7 +1,7 @@
 """FusedSGDW update backends: pure PyTorch (reference, foreach), Triton, and the C++/CUDA extension.
 
-`dispatch.resolve_backend(name, device_type)` is the one entry; every backend function takes the
-arguments of the op schema in ops/library.py, in order.
+`dispatch.resolve_backend(name, device)` is the one entry (per device: a tiny test launch decides);
+every backend function takes the arguments of the op schema in ops/library.py, in order.
 """
 
 from .dispatch import BACKENDS, BackendUnavailableError, available_backends, resolve_backend

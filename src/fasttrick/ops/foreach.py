@@ -1,9 +1,22 @@
 """FusedSGDW update with torch's multi-tensor `_foreach_*` ops: few launches, no custom kernel.
 
 The fallback for devices without the C++/CUDA extension or Triton. Same math and order as
-ops/reference.py, computed out of place on whole lists (about 10 passes over memory instead of one;
-this backend buys launch count, not bandwidth), then written back with one `_foreach_copy_` per list,
-or per tensor through torch.where when an AMP step may have to be skipped (no host sync).
+ops/reference.py, written like torch.optim.SGD's foreach path (`_multi_tensor_sgd`) and updating the
+parameters and buffers in place, so it makes no more passes over memory than torch does: for fp32 with
+momentum and L2, d = g + wd*p (3 tensor passes), b *= m (2), b += d (3), p -= lr*b (3): 11, as torch.
+
+Scalars that live on the host: an lr or found_inf in a CPU tensor is read with `.item()` (the CPU *is*
+the host: no device sync), except under torch.compile, where that would break the graph. Scalars on an
+accelerator are never read on the host:
+- a device lr multiplies the update first (`lr * u`, then `p -= that`: 2 passes more);
+- a device found_inf makes the step "masked": every in-place write is either exact for a skipped step
+  (grads divided by 1, params decayed by 1) or computed into a temporary and committed with
+  `torch.where(skip, old, new, out=old)`, so a skipped step changes nothing, bit for bit.
+fp16/bf16 params are updated in an fp32 copy (their buffers are fp32) and rounded back once.
+
+Tensor passes for fp32 with momentum and L2 (tests/test_foreach.py counts the bytes): 11 (torch's foreach
+step: 11); with a device lr 13; AMP with host scalars 13 (torch: GradScaler.unscale_'s 2 + 11, and a
+sync); AMP masked on a device 21, the price of no host sync and a bit-exact skipped step.
 """
 
 from __future__ import annotations
@@ -18,7 +31,7 @@ def sgdw_foreach_(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffers: list[Tensor],
-    lr: Tensor,
+    lr: float | Tensor,
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
     momentum: float,
@@ -31,35 +44,89 @@ def sgdw_foreach_(
 ) -> None:
     if not params:
         return
+    device = params[0].device
     opmath = momentum_dtype(params[0].dtype)
-    lr_ = lr.to(opmath)
-    p = [t.to(opmath) for t in params]
-    g = [t.to(opmath) for t in grads]
+    skip: Tensor | None = None  # 0-d bool on the device: the step is skipped (AMP found inf/NaN)
+    if found_inf is not None:
+        found = _host_value(found_inf)
+        if found is None:
+            skip = found_inf.to(device) != 0
+        elif found != 0:
+            return  # a skipped step changes nothing
+    if isinstance(lr, Tensor):
+        host_lr = _host_value(lr)
+        lr = lr.to(device=device, dtype=opmath) if host_lr is None else host_lr
+
+    # fp16/bf16 params and grads are worked on in fp32 copies; fp32/fp64 ones in place.
+    low_precision = params[0].dtype != opmath
+    p = [t.to(opmath) for t in params] if low_precision else params
+    g = [t.to(opmath) for t in grads] if low_precision else grads
+
     if grad_scale is not None:
-        g = torch._foreach_div(g, grad_scale.to(opmath))
-    d = torch._foreach_neg(g) if maximize else g
+        scale = grad_scale.to(device=device, dtype=opmath)
+        if skip is not None:
+            scale = torch.where(skip, 1.0, scale)  # g / 1 == g: a skipped step leaves the grads as they were
+        torch._foreach_div_(g, scale)  # AMP: the unscaled grads are written back, as GradScaler.unscale_ does
+        if low_precision:
+            _commit(grads, g, skip)
+
+    d = g  # the gradient term; a new list (ours to overwrite) once it differs from the grads
+    if maximize:
+        d = _foreach("neg", d, d is not grads)
     if weight_decay != 0:
         if decoupled_weight_decay:
-            p = torch._foreach_mul(p, 1 - lr_ * weight_decay)
+            decay = 1 - lr * weight_decay
+            if skip is not None:
+                decay = torch.where(skip, 1.0, torch.as_tensor(decay, dtype=opmath, device=device))
+            torch._foreach_mul_(p, decay)
         else:
-            d = torch._foreach_add(d, p, alpha=weight_decay)
-    b: list[Tensor] = []
-    if momentum != 0:
-        if first_step:
-            b = torch._foreach_mul(d, 1.0)  # a copy: d may alias the user's grads
-        else:
-            b = torch._foreach_mul(momentum_buffers, momentum)
-            torch._foreach_add_(b, d, alpha=1 - dampening)
-        d = torch._foreach_add(d, b, alpha=momentum) if nesterov else b
-    p = torch._foreach_sub(p, torch._foreach_mul(d, lr_))
+            d = _foreach("add", d, d is not grads, p, alpha=weight_decay)
 
-    results = [(params, p), (momentum_buffers, b), (grads, g if grad_scale is not None else [])]
-    for dst, new in results:
-        if not new:
-            continue
-        if found_inf is None:
-            torch._foreach_copy_(dst, new)
+    u = d  # the update direction
+    if momentum != 0:
+        bufs = momentum_buffers
+        if first_step:
+            b = d
         else:
-            skip = found_inf.to(dst[0].device) != 0
-            for t, v in zip(dst, new, strict=True):
-                t.copy_(torch.where(skip, t.to(v.dtype), v))
+            b = _foreach("mul", bufs, skip is None, momentum)  # into a temporary when the step may be skipped
+            torch._foreach_add_(b, d, alpha=1 - dampening)
+        if b is not bufs:
+            _commit(bufs, b, skip)
+        u = _foreach("add", d, d is not grads, b, alpha=momentum) if nesterov else b
+
+    # p -= lr * u, in place unless the step may be skipped (then p is a temporary committed below).
+    in_place = skip is None or low_precision
+    if isinstance(lr, Tensor):
+        u = _foreach("mul", u, u is not grads and u is not momentum_buffers, lr)
+        new_p = _foreach("sub", p, in_place, u)
+    else:
+        new_p = _foreach("add", p, in_place, u, alpha=-lr)
+    if new_p is not p:
+        _commit(p, new_p, skip)
+    if low_precision:
+        _commit(params, p, skip)  # rounds to the params' dtype
+
+
+def _host_value(t: Tensor) -> float | None:
+    """A scalar tensor's value when reading it costs no device sync (a CPU tensor, outside torch.compile)."""
+    if t.device.type == "cpu" and not torch.compiler.is_compiling():
+        return t.item()
+    return None
+
+
+def _foreach(op: str, xs: list[Tensor], in_place: bool, *args, **kwargs) -> list[Tensor]:
+    """torch._foreach_<op>(xs, ...): in place when `xs` is ours to overwrite, else into new tensors."""
+    if in_place:
+        getattr(torch, f"_foreach_{op}_")(xs, *args, **kwargs)
+        return xs
+    return getattr(torch, f"_foreach_{op}")(xs, *args, **kwargs)
+
+
+def _commit(dst: list[Tensor], new: list[Tensor], skip: Tensor | None) -> None:
+    """dst <- new (rounded to dst's dtype); on a skipped step (`skip` true on the device) dst keeps its values."""
+    if skip is None:
+        torch._foreach_copy_(dst, new)
+        return
+    for t, v in zip(dst, new, strict=True):
+        # Rounded to t's dtype first, so a kept t is never converted (a NaN keeps its bits); out=t: no temporary.
+        torch.where(skip, t, v.to(t.dtype), out=t)
