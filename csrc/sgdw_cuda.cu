@@ -7,8 +7,8 @@
 // covers ResNet-18 (62 tensors) and most models in a single launch; longer lists take more launches.
 //
 // Each thread moves kILP = 4 elements per iteration: 16 B vector loads for fp32 (8 B for fp16/bf16)
-// when every tensor of the launch is aligned, scalar loads otherwise. lr, grad_scale and found_inf
-// are read on the device: no host sync, and a found_inf != 0 step returns before touching memory.
+// when every tensor of the launch is aligned, scalar loads otherwise. Tensor lr, hyper, grad_scale and
+// found_inf are read on the device: no host sync, and a found_inf != 0 step returns before touching memory.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -54,15 +54,12 @@ struct alignas(sizeof(T) * kILP) Vec {
 template <typename scalar_t, typename opmath_t, bool kHasMomentum, bool kAligned>
 __global__ void __launch_bounds__(kBlockSize)
     sgdw_multi_tensor_kernel(const __grid_constant__ LaunchArgs<scalar_t, opmath_t> args,
-                             SgdwScalars<opmath_t> s, const float* __restrict__ lr_ptr,
-                             const float* __restrict__ grad_scale_ptr, const float* __restrict__ found_inf_ptr) {
+                             SgdwScalars<opmath_t> s, const SgdwTensorScalars tensors,
+                             const float* __restrict__ found_inf_ptr) {
   if (found_inf_ptr != nullptr && *found_inf_ptr != 0.0f) {
     return;
   }
-  s.lr = static_cast<opmath_t>(*lr_ptr);
-  if (grad_scale_ptr != nullptr) {
-    s.grad_scale = static_cast<opmath_t>(*grad_scale_ptr);
-  }
+  read_tensor_scalars(s, tensors);  // lr / hyper / grad_scale tensors given: read on the device
   // Tensor owning this block's chunk: last t with chunk_begin[t] <= blockIdx.x.
   int lo = 0;
   int hi = args.num_tensors - 1;
@@ -149,7 +146,7 @@ bool is_aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr
 
 template <typename scalar_t, bool kHasMomentum>
 void launch_group(at::TensorList params, at::TensorList grads, at::TensorList bufs,
-                  const SgdwScalars<at::opmath_type<scalar_t>>& s, const float* lr_ptr, const float* grad_scale_ptr,
+                  const SgdwScalars<at::opmath_type<scalar_t>>& s, const SgdwTensorScalars& tensors,
                   const float* found_inf_ptr) {
   using opmath_t = at::opmath_type<scalar_t>;
   int64_t total = 0;
@@ -171,10 +168,10 @@ void launch_group(at::TensorList params, at::TensorList grads, at::TensorList bu
     args.chunk_begin[n] = chunks;
     if (aligned) {
       sgdw_multi_tensor_kernel<scalar_t, opmath_t, kHasMomentum, true>
-          <<<chunks, kBlockSize, 0, stream>>>(args, s, lr_ptr, grad_scale_ptr, found_inf_ptr);
+          <<<chunks, kBlockSize, 0, stream>>>(args, s, tensors, found_inf_ptr);
     } else {
       sgdw_multi_tensor_kernel<scalar_t, opmath_t, kHasMomentum, false>
-          <<<chunks, kBlockSize, 0, stream>>>(args, s, lr_ptr, grad_scale_ptr, found_inf_ptr);
+          <<<chunks, kBlockSize, 0, stream>>>(args, s, tensors, found_inf_ptr);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     n = 0;
@@ -201,26 +198,25 @@ void launch_group(at::TensorList params, at::TensorList grads, at::TensorList bu
   flush();
 }
 
-void sgdw_cuda(at::TensorList params, at::TensorList grads, at::TensorList bufs, const at::Tensor& lr,
-               const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-               double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
-               bool decoupled_weight_decay, bool first_step) {
-  const bool has_momentum = momentum != 0.0;
-  check_sgdw_inputs(params, grads, bufs, lr, grad_scale, found_inf, has_momentum, c10::DeviceType::CUDA);
+void sgdw_cuda(at::TensorList params, at::TensorList grads, at::TensorList bufs, double lr, double momentum,
+               double dampening, double weight_decay, bool nesterov, bool maximize, bool decoupled_weight_decay,
+               bool first_step, const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& hyper,
+               const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  const bool has_momentum = check_sgdw_inputs(params, grads, bufs, momentum, lr_tensor, hyper, grad_scale, found_inf,
+                                              c10::DeviceType::CUDA);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard device_guard(params[0].device());
-  const float* lr_ptr = lr.data_ptr<float>();
-  const float* grad_scale_ptr = grad_scale.has_value() ? grad_scale->data_ptr<float>() : nullptr;
+  // Tensor lr / hyper / grad_scale are read inside the kernel, floats are launch arguments: no host sync.
+  const SgdwTensorScalars tensors = tensor_scalars(lr_tensor, hyper, grad_scale);
   const float* found_inf_ptr = found_inf.has_value() ? found_inf->data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fasttrick_sgdw_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    // lr and grad_scale are read from their device tensors inside the kernel: no host sync.
-    const auto s = make_sgdw_scalars<opmath_t>(momentum, dampening, weight_decay, nesterov, maximize,
+    const auto s = make_sgdw_scalars<opmath_t>(lr, momentum, dampening, weight_decay, has_momentum, nesterov, maximize,
                                                decoupled_weight_decay, first_step, grad_scale.has_value());
     if (has_momentum) {
-      launch_group<scalar_t, true>(params, grads, bufs, s, lr_ptr, grad_scale_ptr, found_inf_ptr);
+      launch_group<scalar_t, true>(params, grads, bufs, s, tensors, found_inf_ptr);
     } else {
-      launch_group<scalar_t, false>(params, grads, bufs, s, lr_ptr, grad_scale_ptr, found_inf_ptr);
+      launch_group<scalar_t, false>(params, grads, bufs, s, tensors, found_inf_ptr);
     }
   });
 }

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from .. import _backend
-from . import library  # noqa: F401  (defines the fasttrick:: op schemas before any kernel is registered)
+from . import library  # (defines the fasttrick:: op schemas before any kernel is registered)
 from .foreach import sgdw_foreach_
 from .reference import sgdw_reference_
 
@@ -66,9 +66,13 @@ def available_backends(device: str | torch.device | None = None) -> list[str]:
     return [name for name in order + extra if _why_unavailable(name, device_type) is None]
 
 
+def resolve_backend(name: str, device: str | torch.device) -> tuple[str, SgdwFn]:
+    """(concrete backend name, update function) for `name` on `device` (a torch.device or its type)."""
+    return _resolve(name, torch.device(device).type)
+
+
 @functools.cache
-def resolve_backend(name: str, device_type: str) -> tuple[str, SgdwFn]:
-    """(concrete backend name, update function) for `name` on `device_type`."""
+def _resolve(name: str, device_type: str) -> tuple[str, SgdwFn]:
     if name == "auto":
         name = available_backends(device_type)[0]
     reason = _why_unavailable(name, device_type)
@@ -85,12 +89,6 @@ def _backend_function(name: str) -> SgdwFn:
     if name == "triton":
         from .triton_sgdw import sgdw_triton_  # imports triton; registers the op's kernels
 
-        def triton_step(*args) -> None:
-            # Eager calls skip the op dispatcher's Python round trip; torch.compile must see the op.
-            if torch.compiler.is_compiling():
-                torch.ops.fasttrick.sgdw_triton_(*args)
-            else:
-                sgdw_triton_(*args)
-
-        return triton_step
-    return torch.ops.fasttrick.sgdw_  # "cpu" / "cuda": kernels registered by the extension probe
+        # Eager calls skip the op dispatcher's Python round trip; torch.compile must see the op.
+        return library.op_backend(torch.ops.fasttrick.sgdw_triton_, eager=sgdw_triton_)
+    return library.op_backend(torch.ops.fasttrick.sgdw_)  # "cpu" / "cuda": kernels registered by the extension probe

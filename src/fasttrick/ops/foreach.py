@@ -18,9 +18,7 @@ def sgdw_foreach_(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffers: list[Tensor],
-    lr: Tensor,
-    grad_scale: Tensor | None,
-    found_inf: Tensor | None,
+    lr: float,
     momentum: float,
     dampening: float,
     weight_decay: float,
@@ -28,11 +26,17 @@ def sgdw_foreach_(
     maximize: bool,
     decoupled_weight_decay: bool,
     first_step: bool,
+    lr_tensor: Tensor | None = None,
+    hyper: Tensor | None = None,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
 ) -> None:
     if not params:
         return
+    if hyper is not None:  # the op schema's compiled form (ops/library.py): plain Python tracing needs none
+        lr, momentum, dampening, weight_decay = hyper.tolist()
     opmath = momentum_dtype(params[0].dtype)
-    lr_ = lr.to(opmath)
+    lr_ = lr_tensor.to(opmath) if lr_tensor is not None else lr
     p = [t.to(opmath) for t in params]
     g = [t.to(opmath) for t in grads]
     if grad_scale is not None:
@@ -44,7 +48,7 @@ def sgdw_foreach_(
         else:
             d = torch._foreach_add(d, p, alpha=weight_decay)
     b: list[Tensor] = []
-    if momentum != 0:
+    if momentum_buffers:
         if first_step:
             b = torch._foreach_mul(d, 1.0)  # a copy: d may alias the user's grads
         else:
