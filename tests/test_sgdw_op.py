@@ -14,7 +14,6 @@ from sgdw_helpers import (
     DEVICE_BACKENDS,
     FP32_TOL,
     assert_params_close,
-    clone_params,
     grad_stream,
     make_params,
     run_steps,
@@ -47,7 +46,7 @@ def _op_args(device, momentum=0.9, first_step=False, found_inf=None):
     grads = [torch.randn_like(p) for p in params]
     bufs = [torch.randn_like(p) for p in params] if momentum else []
     lr = torch.tensor(0.1, device=device)
-    return (params, grads, bufs, lr, None, found_inf, momentum, 0.0, 1e-4, False, False, False, first_step)
+    return (params, grads, bufs, 0.0, momentum, 0.0, 1e-4, False, False, False, first_step, lr, None, None, found_inf)
 
 
 # The C++ kernels (cpu, cuda) implement fasttrick::sgdw_, the Triton kernel fasttrick::sgdw_triton_.
@@ -65,17 +64,26 @@ def test_opcheck(device, backend):
     torch.library.opcheck(op, _op_args(device, momentum=0.0, first_step=True), test_utils=("test_schema",))
 
 
-@pytest.mark.parametrize(("device", "backend"), DEVICE_BACKENDS)
-def test_compiled_step_has_no_graph_break_and_no_lr_recompile(device, backend):
-    """torch.compile(fullgraph=True) of a function that calls step(): one graph for the first step
-    (it creates state) and one for the rest; changing lr in place, as torch's LR schedulers do,
-    recompiles nothing."""
+# Schedules that change the group's floats every step: OneCycleLR and CyclicLR cycle momentum too.
+_SCHEDULES = {
+    "StepLR": lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7),
+    "OneCycleLR": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=20),
+    "CyclicLR": lambda opt: torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.01, max_lr=0.1, step_size_up=2),
+}
+# Every backend under the schedule that changes most; the others on the device's first backend.
+_COMPILE_CASES = [(d, b, "OneCycleLR") for d, b in DEVICE_BACKENDS] + [
+    (d, available_backends(d)[0], s) for d in sorted({d for d, _ in DEVICE_BACKENDS}) for s in ("StepLR", "CyclicLR")
+]
+
+
+def _compile_and_step(make_optimizer, schedule: str, device: str, steps: int = 5):
+    """(graphs compiled, graph breaks, params) for `steps` compiled optimizer steps under `schedule`."""
+    from torch._dynamo.utils import counters
+
     shapes = [(127,), (64, 32, 3, 3)]
     params = make_params(shapes, device=device)
-    expected = clone_params(params)
-    opt = FusedSGDW(params, backend=backend, lr=0.1, momentum=0.9, weight_decay=5e-4)
-    ref = FusedSGDW(expected, backend="reference", lr=0.1, momentum=0.9, weight_decay=5e-4)
-
+    opt = make_optimizer(params)
+    scheduler = _SCHEDULES[schedule](opt)
     graphs = 0
 
     def counting_backend(gm, example_inputs):
@@ -83,19 +91,56 @@ def test_compiled_step_has_no_graph_break_and_no_lr_recompile(device, backend):
         graphs += 1
         return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)  # fake tensors -> register_fake
 
-    def train_step():
-        opt.step()
-
     torch._dynamo.reset()
-    compiled_step = torch.compile(train_step, backend=counting_backend, fullgraph=True)
-    for step, step_grads in enumerate(grad_stream(shapes, 6)):
-        for p, q, g in zip(params, expected, step_grads, strict=True):
-            p.grad, q.grad = g.to(device), g.clone()
+    counters.clear()
+
+    def train_step():
+        opt.step()  # looked up per call: LR schedulers wrap opt.step
+
+    # Not fullgraph: the schedulers' step wrapper (torch/optim/lr_scheduler.py) is skipped by Dynamo, a
+    # graph break torch.optim.SGD has as well; what follows compiles as the step's own frame.
+    compiled_step = torch.compile(train_step, backend=counting_backend)
+    for step_grads in grad_stream(shapes, steps):
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad = g.to(device)
         compiled_step()
-        ref.step()
-        for o in (opt, ref):
-            o.param_groups[0]["lr"].fill_(0.1 * 0.7 ** (step + 1))
-    assert graphs <= 2, f"{graphs} graphs compiled for 6 steps"
+        scheduler.step()
+    return graphs, sum(counters["graph_break"].values()), params
+
+
+@pytest.mark.parametrize(("device", "backend", "schedule"), _COMPILE_CASES)
+def test_compiled_step_compiles_no_more_than_torch_sgd(device, backend, schedule):
+    """torch.compile of a step under LR schedulers that change lr (and momentum) every step: no more
+    graphs and graph breaks than torch.optim.SGD has for the same steps (one graph for the first step,
+    which creates state, one with the changing floats as graph inputs; a float op argument would
+    recompile for every new momentum instead)."""
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    ours = _compile_and_step(lambda ps: FusedSGDW(ps, backend=backend, **hyper), schedule, device)
+    # The foreach backend is compared with torch's foreach step: both pass floats as _foreach_* scalars,
+    # which Dynamo specialises (each new momentum compiles anew, in torch.optim.SGD(foreach=True) too).
+    foreach = backend == "foreach"
+    theirs = _compile_and_step(lambda ps: torch.optim.SGD(ps, foreach=foreach, **hyper), schedule, "cpu")
+    assert ours[:2] <= theirs[:2], f"(graphs, graph breaks): {ours[:2]} for FusedSGDW, {theirs[:2]} for SGD"
+    assert foreach or ours[0] <= 2
+    params, expected = ours[2], theirs[2]
+    assert_params_close(params, expected, **FP32_TOL)
+
+
+# foreach: its _foreach_* scalar momentum is specialised, as in torch's own foreach step (see above).
+@pytest.mark.parametrize(("device", "backend"), [(d, b) for d, b in DEVICE_BACKENDS if b != "foreach"])
+def test_compiled_step_with_a_tensor_lr_compiles_once_after_state(device, backend):
+    """A tensor lr changed in place by the scheduler (OneCycleLR fill_s it) and a cycled momentum:
+    two graphs in all, as for the float lr."""
+    graphs, breaks, params = _compile_and_step(
+        lambda ps: FusedSGDW(ps, backend=backend, lr=torch.tensor(0.1, device=device), momentum=0.9),
+        "OneCycleLR",
+        device,
+    )
+    assert graphs <= 2 and breaks <= 1  # the one break: the schedulers' step wrapper
+    expected = make_params([(127,), (64, 32, 3, 3)])
+    ref = torch.optim.SGD(expected, foreach=False, lr=torch.tensor(0.1), momentum=0.9)
+    scheduler = _SCHEDULES["OneCycleLR"](ref)
+    run_steps(ref, expected, grad_stream([(127,), (64, 32, 3, 3)], 5), after_step=lambda s: scheduler.step())
     assert_params_close(params, expected, **FP32_TOL)
 
 
