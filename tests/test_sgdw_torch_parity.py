@@ -87,7 +87,7 @@ def test_lightning_like_lr_snapshot_and_state_dict_snapshot_keep_their_values():
         opt.step()
         seen.append(opt.param_groups[0]["lr"])
         sched.step()
-    assert seen == [0.1, 0.05, 0.05, 0.025]
+    assert seen == [0.1, 0.1, 0.05, 0.05]  # what the issue saw Lightning record as [0.025] * 4
     assert snapshot["param_groups"][0]["lr"] == 0.1
 
 
@@ -106,8 +106,13 @@ def test_tensor_lr_is_the_callers_own_object_read_every_step(device, backend):
 
 
 def test_tensor_lr_on_another_device_is_a_clear_error():
+    p = torch.zeros(3, requires_grad=True)
+    opt = FusedSGDW([p], lr=0.1)
+    opt.param_groups[0]["lr"] = torch.tensor(0.1, device="meta")  # CPU-only here: meta stands in for a GPU
+    p.grad = torch.ones(3)
     with pytest.raises(ValueError, match="lr tensor is on meta but parameters are on cpu"):
-        FusedSGDW([torch.zeros(3, requires_grad=True)], lr=torch.tensor(0.1, device="meta"))
+        opt.step()
+    assert torch.equal(p.detach(), torch.zeros(3))
 
 
 @pytest.mark.parametrize(("device", "backend"), DEVICE_BACKENDS)
@@ -183,13 +188,14 @@ def test_momentum_buffer_strides_differing_in_size1_dims_are_taken(backend):
     torch.testing.assert_close(conv.weight, ref_conv.weight, **FP32_TOL)
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 5e-4])
+@pytest.mark.parametrize("dampening", [0.0, 0.3])
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_sparse_gradients_match_torch_sgd(backend, weight_decay):
+def test_sparse_gradients_match_torch_sgd(backend, dampening):
+    """nn.Embedding(sparse=True); torch.optim.SGD itself refuses weight decay with sparse grads."""
     torch.manual_seed(0)
     emb = torch.nn.Embedding(20, 4, sparse=True)
     ref = copy.deepcopy(emb)
-    hyper = dict(lr=0.1, momentum=0.9, weight_decay=weight_decay)
+    hyper = dict(lr=0.1, momentum=0.9, dampening=dampening)
     opt, sgd = FusedSGDW(emb.parameters(), backend=backend, **hyper), torch.optim.SGD(ref.parameters(), **hyper)
     for indices in ([1, 2, 2], [3, 1], [7]):
         for net, o in ((emb, opt), (ref, sgd)):

@@ -36,7 +36,7 @@ def sgdw_foreach_(
     if hyper is not None:  # the op schema's compiled form (ops/library.py): plain Python tracing needs none
         lr, momentum, dampening, weight_decay = hyper.tolist()
     opmath = momentum_dtype(params[0].dtype)
-    lr_ = lr_tensor.to(opmath) if lr_tensor is not None else lr
+    lr_ = lr_tensor.to(opmath).reshape(()) if lr_tensor is not None else lr  # a 0-d temporary
     p = [t.to(opmath) for t in params]
     g = [t.to(opmath) for t in grads]
     if grad_scale is not None:

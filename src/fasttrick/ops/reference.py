@@ -46,7 +46,7 @@ def sgdw_reference_(
     has_momentum = bool(momentum_buffers)
     for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
         opmath = momentum_dtype(param.dtype)
-        lr_ = lr_tensor.to(opmath) if lr_tensor is not None else lr
+        lr_ = lr_tensor.to(opmath).reshape(()) if lr_tensor is not None else lr  # a 0-d temporary
         p = param.to(opmath)
         # Any layout works here: arithmetic makes new tensors and _store copies into the destination's
         # strides, so this is also FusedSGDW's per-tensor path for what the kernels cannot walk.
