@@ -177,13 +177,14 @@ from triton.compiler import ASTSource
 from fasttrick.ops.triton_sgdw import BLOCK, NUM_WARPS, _sgdw_kernel
 
 runtime_args = {"pointer_table": "*i64", "numel_table": "*i64", "program_tensor": "*i32", "program_start": "*i64",
-                "n_tensors": "i32", "lr_ptr": "*fp32", "grad_scale_ptr": "*fp32", "found_inf_ptr": "*fp32",
-                "hyper_ptr": "*fp32"}
+                "n_tensors": "i32", "lr_bits": "i64", "momentum_bits": "i64", "one_minus_dampening_bits": "i64",
+                "weight_decay_bits": "i64", "lr_ptr": "*fp32", "hyper_ptr": "*fp64", "grad_scale_ptr": "*fp32",
+                "found_inf_ptr": "*fp32"}
 kinds = {}
 for aligned in (True, False):
     constexprs = dict(PARAM=tl.float32, OPMATH=tl.float32, HAS_GRAD_SCALE=False, HAS_FOUND_INF=True,
                       HAS_MOMENTUM=True, HAS_WEIGHT_DECAY=True, NESTEROV=False, MAXIMIZE=False, DECOUPLED=False,
-                      FIRST_STEP=False, ALIGNED=aligned, BLOCK=BLOCK)
+                      FIRST_STEP=False, LR_FROM_PTR=False, HYPER_FROM_PTR=False, ALIGNED=aligned, BLOCK=BLOCK)
     signature = {**runtime_args, **{name: "constexpr" for name in constexprs}}
     names = list(signature)
     source = ASTSource(fn=_sgdw_kernel, signature=signature,

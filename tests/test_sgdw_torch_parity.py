@@ -271,9 +271,11 @@ def test_dtensor_grad_with_other_placements_is_an_error_before_any_launch(mesh):
     b = torch.nn.Parameter(distribute_tensor(torch.zeros(4), mesh, [Shard(0)]))
     a.grad = distribute_tensor(torch.ones(4), mesh, [Shard(0)])
     b.grad = distribute_tensor(torch.ones(4), mesh, [Replicate()])
+    opt = FusedSGDW([a, b], lr=0.1, momentum=0.9)
     with pytest.raises(ValueError, match="same mesh and placements"):
-        FusedSGDW([a, b], lr=0.1).step()
+        opt.step()
     assert torch.equal(a.to_local(), torch.zeros(4))  # nothing launched
+    assert not opt.state[a]  # and no unwritten buffer left for the next step to read
 
 
 @pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="triton does not run here")

@@ -172,41 +172,39 @@ class FusedSGDW(Optimizer):
         launches: dict[tuple[torch.device, torch.dtype, bool, bool], tuple[list[Tensor], list[Tensor], list[Tensor]]]
         launches = defaultdict(lambda: ([], [], []))
         created: list[Tensor] = []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            first_step = False
-            buf = None
-            if has_momentum:
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = torch.empty_like(p, dtype=_buffer_dtype(p), memory_format=torch.preserve_format)
-                    state["momentum_buffer"] = buf
-                    created.append(p)
-                    first_step = True
-            param, grad, buf = _local_tensors(p, p.grad, buf)
-            kernel = grad.device == param.device and grad.dtype == param.dtype and kernel_can_walk(param, grad, buf)
-            lists = launches[(param.device, param.dtype, first_step, kernel)]
-            lists[0].append(param)
-            lists[1].append(grad)
-            if buf is not None:
-                lists[2].append(buf)
-        if not launches:
-            return
+        try:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                first_step = False
+                buf = None
+                if has_momentum:
+                    state = self.state[p]
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = torch.empty_like(p, dtype=_buffer_dtype(p), memory_format=torch.preserve_format)
+                        state["momentum_buffer"] = buf
+                        created.append(p)
+                        first_step = True
+                param, grad, buf = _local_tensors(p, p.grad, buf)
+                lists = launches[(param.device, param.dtype, first_step, _kernel_takes(param, grad, buf))]
+                lists[0].append(param)
+                lists[1].append(grad)
+                if buf is not None:
+                    lists[2].append(buf)
+            calls = []
+            for (device, _, first_step, kernel), (ps, gs, bs) in launches.items():
+                update = self._update_function(group["backend"], device) if kernel else sgdw_reference_
+                lr_float, lr_tensor = _lr_arguments(group["lr"], device)
+                calls.append((update, ps, gs, bs, lr_float, first_step, lr_tensor, device))
+        except Exception:
+            _forget_buffers(self.state, created)  # refused before any launch: no unwritten buffer stays
+            raise
 
         if created and found_inf is not None and found_inf.item() != 0:
             # The one host read: a skipped step must not leave the new (unwritten) buffers behind.
-            for p in created:
-                del self.state[p]["momentum_buffer"]
+            _forget_buffers(self.state, created)
             return
-
-        lr = group["lr"]
-        calls = []
-        for (device, _, first_step, kernel), (ps, gs, bs) in launches.items():
-            update = self._update_function(group["backend"], device) if kernel else sgdw_reference_
-            lr_float, lr_tensor = _lr_arguments(lr, device)
-            calls.append((update, ps, gs, bs, lr_float, first_step, lr_tensor, device))
         for update, ps, gs, bs, lr_float, first_step, lr_tensor, device in calls:  # launched after every check
             update(
                 ps,
@@ -224,6 +222,18 @@ class FusedSGDW(Optimizer):
                 grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
                 found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True),
             )
+
+
+def _forget_buffers(state: dict[Tensor, dict[str, Any]], params: list[Tensor]) -> None:
+    for p in params:
+        del state[p]["momentum_buffer"]
+
+
+def _kernel_takes(param: Tensor, grad: Tensor, buf: Tensor | None) -> bool:
+    """Whether the backend's kernel can update this tensor; the rest go through the per-tensor path."""
+    same_kind = grad.device == param.device and grad.dtype == param.dtype
+    buf_kind = buf is None or (buf.device == param.device and buf.dtype == momentum_dtype(param.dtype))
+    return same_kind and buf_kind and kernel_can_walk(param, grad, buf)
 
 
 def _buffer_dtype(p: Tensor) -> torch.dtype:
