@@ -159,9 +159,20 @@ class FusedSGDW(Optimizer):
                 loss = closure()
         grad_scale: Tensor | None = getattr(self, "grad_scale", None)
         found_inf: Tensor | None = getattr(self, "found_inf", None)
+        if found_inf is not None and self._creates_buffers() and found_inf.item() != 0:
+            # The one host read, on a step that would create momentum buffers: a skipped step changes
+            # nothing, and must not leave new (unwritten) buffers behind. Other steps skip on the device.
+            return loss
         for group in self.param_groups:
             self._step_group(group, grad_scale, found_inf)
         return loss
+
+    def _creates_buffers(self) -> bool:
+        return any(
+            group["momentum"] != 0 and p.grad is not None and "momentum_buffer" not in self.state.get(p, {})
+            for group in self.param_groups
+            for p in group["params"]
+        )
 
     def _step_group(self, group: dict[str, Any], grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
         has_momentum = group["momentum"] != 0
@@ -201,10 +212,6 @@ class FusedSGDW(Optimizer):
             _forget_buffers(self.state, created)  # refused before any launch: no unwritten buffer stays
             raise
 
-        if created and found_inf is not None and found_inf.item() != 0:
-            # The one host read: a skipped step must not leave the new (unwritten) buffers behind.
-            _forget_buffers(self.state, created)
-            return
         for update, ps, gs, bs, lr_float, first_step, lr_tensor, device in calls:  # launched after every check
             update(
                 ps,
