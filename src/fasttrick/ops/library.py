@@ -63,8 +63,18 @@ def kernel_can_walk(param: Tensor, grad: Tensor, buf: Tensor | None = None) -> b
     channels-last, transposed, any permutation) and its grad and buffer laid out the same, strides of
     size-1 dimensions excepted (they never move the walk: a 1x1 convolution's channels-last buffer
     loaded from a contiguous checkpoint). The same rule as `same_layout` in csrc/sgdw_checks.h."""
-    if param.layout != torch.strided or grad.layout != torch.strided:
+    if param.layout is not torch.strided or grad.layout is not torch.strided:
         return False
+    # The common cases first, in a few C calls: per tensor per step this is Python's whole cost.
+    if param.is_contiguous() and grad.is_contiguous() and (buf is None or buf.is_contiguous()):
+        return grad.shape == param.shape and (buf is None or buf.shape == param.shape)
+    strides = param.stride()
+    if (
+        param.is_contiguous(memory_format=torch.channels_last)
+        and grad.stride() == strides
+        and (buf is None or buf.stride() == strides)
+    ):
+        return grad.shape == param.shape and (buf is None or buf.shape == param.shape)
     expected = 1  # a dense layout: the strides, sorted, are the running products of the sizes
     for stride, size in sorted((st, n) for st, n in zip(param.stride(), param.shape, strict=True) if n != 1):
         if stride != expected:

@@ -14,6 +14,10 @@ from torch.optim import Optimizer
 from ..ops import BACKENDS, momentum_dtype, resolve_backend, sgdw_reference_
 from ..ops.library import kernel_can_walk
 
+# The kernels' buffer dtype per param dtype (ops.momentum_dtype), as a dict: looked up per tensor per step.
+_BUFFER_DTYPE = {
+    dtype: momentum_dtype(dtype) for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+}
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.complex64, torch.complex128)
 
 
@@ -183,6 +187,7 @@ class FusedSGDW(Optimizer):
         launches: dict[tuple[torch.device, torch.dtype, bool, bool], tuple[list[Tensor], list[Tensor], list[Tensor]]]
         launches = defaultdict(lambda: ([], [], []))
         created: list[Tensor] = []
+        dtensor = _dtensor_class()
         try:
             for p in group["params"]:
                 if p.grad is None:
@@ -197,7 +202,9 @@ class FusedSGDW(Optimizer):
                         state["momentum_buffer"] = buf
                         created.append(p)
                         first_step = True
-                param, grad, buf = _local_tensors(p, p.grad, buf)
+                param, grad = p, p.grad
+                if dtensor is not None or p.is_complex():  # (a call per tensor costs ~1 us: skipped when plain)
+                    param, grad, buf = _local_tensors(param, grad, buf, dtensor)
                 lists = launches[(param.device, param.dtype, first_step, _kernel_takes(param, grad, buf))]
                 lists[0].append(param)
                 lists[1].append(grad)
@@ -237,10 +244,13 @@ def _forget_buffers(state: dict[Tensor, dict[str, Any]], params: list[Tensor]) -
 
 
 def _kernel_takes(param: Tensor, grad: Tensor, buf: Tensor | None) -> bool:
-    """Whether the backend's kernel can update this tensor; the rest go through the per-tensor path."""
-    same_kind = grad.device == param.device and grad.dtype == param.dtype
-    buf_kind = buf is None or (buf.device == param.device and buf.dtype == momentum_dtype(param.dtype))
-    return same_kind and buf_kind and kernel_can_walk(param, grad, buf)
+    """Whether the backend's kernel can update this tensor; the rest go through the per-tensor path.
+    (Devices are not compared: a grad on another device is refused by every path, as by torch.)"""
+    return (
+        grad.dtype == param.dtype
+        and (buf is None or buf.dtype == _BUFFER_DTYPE.get(param.dtype))
+        and kernel_can_walk(param, grad, buf)
+    )
 
 
 def _buffer_dtype(p: Tensor) -> torch.dtype:
@@ -248,15 +258,17 @@ def _buffer_dtype(p: Tensor) -> torch.dtype:
     return p.dtype if p.is_complex() else momentum_dtype(p.dtype)
 
 
-def _local_tensors(param: Tensor, grad: Tensor, buf: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+def _local_tensors(
+    param: Tensor, grad: Tensor, buf: Tensor | None, dtensor: type | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """What a kernel updates in place: a DTensor's local shard (its own data_ptr() is 0), and a
     complex tensor as its real view (the update is linear with real coefficients, as torch does it)."""
-    if _is_dtensor(param):
+    if dtensor is not None and isinstance(param, dtensor):
         for name, t in (("grad", grad), ("momentum buffer", buf)):
             if t is not None and not (
-                _is_dtensor(t) and t.device_mesh == param.device_mesh and t.placements == param.placements
+                isinstance(t, dtensor) and t.device_mesh == param.device_mesh and t.placements == param.placements
             ):
-                got = f"{t.placements} on {t.device_mesh}" if _is_dtensor(t) else f"a plain {type(t).__name__}"
+                got = f"{t.placements} on {t.device_mesh}" if isinstance(t, dtensor) else f"a plain {type(t).__name__}"
                 raise ValueError(
                     f"FusedSGDW updates a DTensor param through its local shard, so its {name} must be a DTensor "
                     f"with the same mesh and placements ({param.placements} on {param.device_mesh}), got {got}; "
@@ -264,7 +276,7 @@ def _local_tensors(param: Tensor, grad: Tensor, buf: Tensor | None) -> tuple[Ten
                 )
         param, grad = param.to_local(), grad.to_local()
         buf = None if buf is None else buf.to_local()
-    elif _is_dtensor(grad) or _is_dtensor(buf):
+    elif dtensor is not None and (isinstance(grad, dtensor) or isinstance(buf, dtensor)):
         raise ValueError("FusedSGDW: a plain tensor param has a DTensor grad or momentum buffer; make both DTensors")
     if param.is_complex():
         param, buf = torch.view_as_real(param), None if buf is None else torch.view_as_real(buf)
@@ -272,10 +284,10 @@ def _local_tensors(param: Tensor, grad: Tensor, buf: Tensor | None) -> tuple[Ten
     return param, grad, buf
 
 
-def _is_dtensor(t: Tensor | None) -> bool:
+def _dtensor_class() -> type | None:
     # torch.distributed.tensor takes seconds to import; a process that never imported it has no DTensor.
     module = getattr(torch.distributed, "tensor", None)
-    return module is not None and isinstance(t, module.DTensor)
+    return None if module is None else module.DTensor
 
 
 def _lr_arguments(lr: float | Tensor, device: torch.device) -> tuple[float, Tensor | None]:
