@@ -203,7 +203,7 @@ class FusedSGDW(Optimizer):
                         created.append(p)
                         first_step = True
                 param, grad = p, p.grad
-                if dtensor is not None or p.is_complex():  # (a call per tensor costs ~1 us: skipped when plain)
+                if p.is_complex() or isinstance(p, dtensor) or isinstance(grad, dtensor) or isinstance(buf, dtensor):
                     param, grad, buf = _local_tensors(param, grad, buf, dtensor)
                 lists = launches[(param.device, param.dtype, first_step, _kernel_takes(param, grad, buf))]
                 lists[0].append(param)
@@ -259,11 +259,11 @@ def _buffer_dtype(p: Tensor) -> torch.dtype:
 
 
 def _local_tensors(
-    param: Tensor, grad: Tensor, buf: Tensor | None, dtensor: type | None
+    param: Tensor, grad: Tensor, buf: Tensor | None, dtensor: type | tuple[()]
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """What a kernel updates in place: a DTensor's local shard (its own data_ptr() is 0), and a
     complex tensor as its real view (the update is linear with real coefficients, as torch does it)."""
-    if dtensor is not None and isinstance(param, dtensor):
+    if isinstance(param, dtensor):
         for name, t in (("grad", grad), ("momentum buffer", buf)):
             if t is not None and not (
                 isinstance(t, dtensor) and t.device_mesh == param.device_mesh and t.placements == param.placements
@@ -276,7 +276,7 @@ def _local_tensors(
                 )
         param, grad = param.to_local(), grad.to_local()
         buf = None if buf is None else buf.to_local()
-    elif dtensor is not None and (isinstance(grad, dtensor) or isinstance(buf, dtensor)):
+    elif isinstance(grad, dtensor) or isinstance(buf, dtensor):
         raise ValueError("FusedSGDW: a plain tensor param has a DTensor grad or momentum buffer; make both DTensors")
     if param.is_complex():
         param, buf = torch.view_as_real(param), None if buf is None else torch.view_as_real(buf)
@@ -284,10 +284,11 @@ def _local_tensors(
     return param, grad, buf
 
 
-def _dtensor_class() -> type | None:
-    # torch.distributed.tensor takes seconds to import; a process that never imported it has no DTensor.
+def _dtensor_class() -> type | tuple[()]:
+    """DTensor, or () (isinstance of nothing) in a process that never imported torch.distributed.tensor
+    (it takes seconds to import, and without it there is no DTensor)."""
     module = getattr(torch.distributed, "tensor", None)
-    return None if module is None else module.DTensor
+    return () if module is None else module.DTensor
 
 
 def _lr_arguments(lr: float | Tensor, device: torch.device) -> tuple[float, Tensor | None]:
