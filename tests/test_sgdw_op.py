@@ -316,3 +316,30 @@ def test_compiled_grad_scaler_step_compiles_no_more_than_torch_sgd():
     theirs = compile_and_step(lambda ps: torch.optim.SGD(ps, foreach=False, **hyper))
     assert ours[0] <= theirs[0] and ours[1] <= theirs[1] + 1, f"(graphs, breaks): ours {ours[:2]}, SGD {theirs[:2]}"
     assert_params_close(ours[2], theirs[2], **FP32_TOL)
+
+
+@pytest.mark.parametrize("device", [d for d, b in DEVICE_BACKENDS if b == "triton"])
+def test_triton_launcher_caches_nothing_per_hyperparameter_value(device):
+    """OneCycleLR moves lr and momentum every step; the launcher's module-level caches stay as they
+    were after the first steps (they once kept one device tensor per momentum value, without bound)."""
+    from fasttrick.ops import triton_sgdw
+
+    def cache_sizes():
+        return {k: len(v) for k, v in vars(triton_sgdw).items() if isinstance(v, dict)}
+
+    params = make_params([(300,), (7, 5)], device=device)
+    opt = FusedSGDW(params, lr=0.1, momentum=0.9, backend="triton")
+    scheduler = _SCHEDULES["OneCycleLR"](opt)
+    grads = grad_stream([(300,), (7, 5)], 12)
+    for p, g in zip(params, grads[0], strict=True):
+        p.grad = g.to(device)
+    momenta = set()
+    for step_grads in grads:
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad.copy_(g)
+        opt.step()
+        scheduler.step()
+        momenta.add(opt.param_groups[0]["momentum"])
+        if len(momenta) == 2:
+            sizes = cache_sizes()
+    assert len(momenta) >= 10 and cache_sizes() == sizes
