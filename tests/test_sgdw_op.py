@@ -62,6 +62,11 @@ def test_opcheck(device, backend):
     op = getattr(torch.ops.fasttrick, _OP_OF_BACKEND[backend])
     torch.library.opcheck(op, _op_args(device), test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(op, _op_args(device, momentum=0.0, first_step=True), test_utils=("test_schema",))
+    # The compiled form: hyper-parameters in a float64 tensor, lr from the float (no lr_tensor).
+    compiled_form = list(_op_args(device))
+    compiled_form[11] = None
+    compiled_form[12] = torch.tensor([0.1, 0.9, 0.0, 1e-4], dtype=torch.float64, device=device)
+    torch.library.opcheck(op, tuple(compiled_form), test_utils=("test_schema", "test_faketensor"))
 
 
 # Schedules that change the group's floats every step: OneCycleLR and CyclicLR cycle momentum too.
