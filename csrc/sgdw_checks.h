@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
+#include "sgdw_math.h"
+
 namespace fasttrick {
 
 inline at::ScalarType momentum_dtype_for(at::ScalarType param_dtype) {
@@ -13,16 +15,36 @@ inline at::ScalarType momentum_dtype_for(at::ScalarType param_dtype) {
   return at::toOpMathType(param_dtype);
 }
 
-inline void check_sgdw_inputs(at::TensorList params, at::TensorList grads, at::TensorList bufs, const at::Tensor& lr,
+// The kernels walk each tensor as numel consecutive elements from its data pointer: the param must be
+// non-overlapping and dense (contiguous, channels-last or any other permutation), and its grad and
+// buffer laid out the same. Strides of size-1 dimensions never move the walk, so they may differ (a
+// 1x1 convolution's channels-last buffer restored from a contiguous checkpoint).
+inline bool same_layout(const at::Tensor& a, const at::Tensor& p) {
+  if (a.sizes() != p.sizes()) {
+    return false;
+  }
+  for (int64_t d = 0; d < p.dim(); ++d) {
+    if (p.size(d) != 1 && a.stride(d) != p.stride(d)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Validates the op's arguments and returns whether the launch has momentum (buffers given).
+inline bool check_sgdw_inputs(at::TensorList params, at::TensorList grads, at::TensorList bufs, double momentum,
+                              const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& hyper,
                               const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-                              bool has_momentum, c10::DeviceType device_type) {
+                              c10::DeviceType device_type) {
+  const bool has_momentum = !bufs.empty();
   TORCH_CHECK(params.size() == grads.size(), "fasttrick::sgdw_: got ", params.size(), " params but ", grads.size(),
               " grads");
-  TORCH_CHECK(!has_momentum || bufs.size() == params.size(), "fasttrick::sgdw_: momentum != 0 needs one buffer per "
-              "param, got ", bufs.size(), " buffers for ", params.size(), " params");
-  TORCH_CHECK(has_momentum || bufs.empty(), "fasttrick::sgdw_: momentum == 0 takes no buffers, got ", bufs.size());
+  TORCH_CHECK(!has_momentum || bufs.size() == params.size(), "fasttrick::sgdw_: give one momentum buffer per "
+              "param or none (momentum 0), got ", bufs.size(), " buffers for ", params.size(), " params");
+  TORCH_CHECK(hyper.has_value() || params.empty() || (momentum != 0.0) == has_momentum, "fasttrick::sgdw_: momentum ",
+              momentum, " with ", bufs.size(), " buffers; momentum != 0 takes one buffer per param, momentum 0 none");
   if (params.empty()) {
-    return;
+    return has_momentum;
   }
   const auto dtype = params[0].scalar_type();
   const auto device = params[0].device();
@@ -33,37 +55,63 @@ inline void check_sgdw_inputs(at::TensorList params, at::TensorList grads, at::T
   for (size_t i = 0; i < params.size(); ++i) {
     const auto& p = params[i];
     const auto& g = grads[i];
+    TORCH_CHECK(p.layout() == at::kStrided && g.layout() == at::kStrided, "fasttrick::sgdw_: param ", i,
+                " or its grad is not a dense (strided) tensor; FusedSGDW.step routes sparse grads elsewhere");
     TORCH_CHECK(p.scalar_type() == dtype && p.device() == device, "fasttrick::sgdw_: param ", i, " is ",
                 p.scalar_type(), " on ", p.device(), ", expected ", dtype, " on ", device,
                 " (one call takes one (device, dtype) group)");
     TORCH_CHECK(g.scalar_type() == dtype && g.device() == device, "fasttrick::sgdw_: grad ", i, " is ",
                 g.scalar_type(), " on ", g.device(), ", expected ", dtype, " on ", device);
-    TORCH_CHECK(!g.is_sparse(), "fasttrick::sgdw_ does not support sparse gradients (param ", i, ")");
-    TORCH_CHECK(p.sizes() == g.sizes(), "fasttrick::sgdw_: param ", i, " has shape ", p.sizes(), " but its grad has ",
-                g.sizes());
-    TORCH_CHECK(p.is_non_overlapping_and_dense() && p.strides() == g.strides(), "fasttrick::sgdw_: param ", i,
-                " and its grad must be dense with the same strides (contiguous or channels-last)");
+    TORCH_CHECK(p.is_non_overlapping_and_dense() && same_layout(g, p), "fasttrick::sgdw_: param ", i, " (shape ",
+                p.sizes(), ", strides ", p.strides(), ") must be dense and its grad (shape ", g.sizes(), ", strides ",
+                g.strides(), ") laid out the same; FusedSGDW.step routes other layouts elsewhere");
     if (has_momentum) {
       const auto& b = bufs[i];
       TORCH_CHECK(b.scalar_type() == momentum_dtype_for(dtype) && b.device() == device, "fasttrick::sgdw_: buffer ",
                   i, " is ", b.scalar_type(), " on ", b.device(), ", expected ", momentum_dtype_for(dtype), " on ",
                   device);
-      TORCH_CHECK(b.sizes() == p.sizes() && b.strides() == p.strides(), "fasttrick::sgdw_: buffer ", i,
-                  " must have its param's shape and strides");
+      TORCH_CHECK(same_layout(b, p), "fasttrick::sgdw_: buffer ", i, " (strides ", b.strides(),
+                  ") must have its param's shape and layout (strides ", p.strides(), ")");
     }
   }
-  auto check_scalar = [&](const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.numel() == 1 && t.scalar_type() == at::kFloat && t.device() == device, "fasttrick::sgdw_: ", name,
-                " must be a one-element float32 tensor on ", device, ", got ", t.scalar_type(), " with ", t.numel(),
-                " elements on ", t.device());
+  auto check_scalar = [&](const at::Tensor& t, const char* name, int64_t numel, bool any_float) {
+    const bool dtype_ok = any_float ? (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble)
+                                    : t.scalar_type() == (numel == 4 ? at::kDouble : at::kFloat);
+    TORCH_CHECK(t.numel() == numel && dtype_ok && t.device() == device && t.is_contiguous(), "fasttrick::sgdw_: ",
+                name, " must be a contiguous ", numel, "-element ",
+                any_float ? "float32 or float64" : (numel == 4 ? "float64" : "float32"), " tensor on ", device,
+                ", got ", t.scalar_type(), " with ", t.numel(), " elements on ", t.device());
   };
-  check_scalar(lr, "lr");
+  if (lr_tensor.has_value()) {
+    check_scalar(*lr_tensor, "lr_tensor", 1, true);
+  }
+  if (hyper.has_value()) {
+    check_scalar(*hyper, "hyper", 4, false);
+  }
   if (grad_scale.has_value()) {
-    check_scalar(*grad_scale, "grad_scale");
+    check_scalar(*grad_scale, "grad_scale", 1, false);
   }
   if (found_inf.has_value()) {
-    check_scalar(*found_inf, "found_inf");
+    check_scalar(*found_inf, "found_inf", 1, false);
   }
+  return has_momentum;
+}
+
+// Pointers to the op's optional scalar tensors, for read_tensor_scalars (sgdw_math.h).
+inline SgdwTensorScalars tensor_scalars(const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& hyper,
+                                        const std::optional<at::Tensor>& grad_scale) {
+  SgdwTensorScalars t;
+  if (lr_tensor.has_value()) {
+    t.lr = lr_tensor->const_data_ptr();
+    t.lr_is_double = lr_tensor->scalar_type() == at::kDouble;
+  }
+  if (hyper.has_value()) {
+    t.hyper = hyper->const_data_ptr<double>();
+  }
+  if (grad_scale.has_value()) {
+    t.grad_scale = grad_scale->const_data_ptr<float>();
+  }
+  return t;
 }
 
 }  // namespace fasttrick

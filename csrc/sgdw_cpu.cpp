@@ -193,12 +193,12 @@ void sgdw_cpu_group(at::TensorList params, at::TensorList grads, at::TensorList 
   });
 }
 
-void sgdw_cpu(at::TensorList params, at::TensorList grads, at::TensorList bufs, const at::Tensor& lr,
-              const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf, double momentum,
+void sgdw_cpu(at::TensorList params, at::TensorList grads, at::TensorList bufs, double lr, double momentum,
               double dampening, double weight_decay, bool nesterov, bool maximize, bool decoupled_weight_decay,
-              bool first_step) {
-  const bool has_momentum = momentum != 0.0;
-  check_sgdw_inputs(params, grads, bufs, lr, grad_scale, found_inf, has_momentum, c10::DeviceType::CPU);
+              bool first_step, const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& hyper,
+              const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  const bool has_momentum = check_sgdw_inputs(params, grads, bufs, momentum, lr_tensor, hyper, grad_scale, found_inf,
+                                              c10::DeviceType::CPU);
   if (params.empty()) {
     return;
   }
@@ -208,12 +208,9 @@ void sgdw_cpu(at::TensorList params, at::TensorList grads, at::TensorList bufs, 
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fasttrick_sgdw_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    auto s = make_sgdw_scalars<opmath_t>(momentum, dampening, weight_decay, nesterov, maximize, decoupled_weight_decay,
-                                         first_step, grad_scale.has_value());
-    s.lr = static_cast<opmath_t>(lr.item<float>());
-    if (s.has_grad_scale) {
-      s.grad_scale = static_cast<opmath_t>(grad_scale->item<float>());
-    }
+    auto s = make_sgdw_scalars<opmath_t>(lr, momentum, dampening, weight_decay, has_momentum, nesterov, maximize,
+                                         decoupled_weight_decay, first_step, grad_scale.has_value());
+    read_tensor_scalars(s, tensor_scalars(lr_tensor, hyper, grad_scale));  // host pointers: CPU tensors
     // Momentum and the AMP grad write-back change what is loaded and stored: compile them in.
     if (has_momentum) {
       s.has_grad_scale ? sgdw_cpu_group<scalar_t, true, true>(params, grads, bufs, s)

@@ -55,21 +55,21 @@ void launch_group(at::TensorList params, at::TensorList grads, at::TensorList bu
       });
 }
 
-void sgdw_cuda(at::TensorList params, at::TensorList grads, at::TensorList bufs, const at::Tensor& lr,
-               const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-               double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
-               bool decoupled_weight_decay, bool first_step) {
-  const bool has_momentum = momentum != 0.0;
-  check_sgdw_inputs(params, grads, bufs, lr, grad_scale, found_inf, has_momentum, c10::DeviceType::CUDA);
+void sgdw_cuda(at::TensorList params, at::TensorList grads, at::TensorList bufs, double lr, double momentum,
+               double dampening, double weight_decay, bool nesterov, bool maximize, bool decoupled_weight_decay,
+               bool first_step, const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& hyper,
+               const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  const bool has_momentum = check_sgdw_inputs(params, grads, bufs, momentum, lr_tensor, hyper, grad_scale, found_inf,
+                                              c10::DeviceType::CUDA);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard device_guard(params[0].device());
-  // lr, grad_scale and found_inf are read from their device tensors inside the kernel: no host sync.
-  // (A float lr would go in SgdwScalars::lr with dev.lr = nullptr.)
-  const DeviceScalars dev{lr.data_ptr<float>(), grad_scale.has_value() ? grad_scale->data_ptr<float>() : nullptr,
+  // Tensor lr / hyper / grad_scale / found_inf are read inside the kernel, floats are launch arguments:
+  // no host sync.
+  const DeviceScalars dev{tensor_scalars(lr_tensor, hyper, grad_scale),
                           found_inf.has_value() ? found_inf->data_ptr<float>() : nullptr};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fasttrick_sgdw_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    const auto s = make_sgdw_scalars<opmath_t>(momentum, dampening, weight_decay, nesterov, maximize,
+    const auto s = make_sgdw_scalars<opmath_t>(lr, momentum, dampening, weight_decay, has_momentum, nesterov, maximize,
                                                decoupled_weight_decay, first_step, grad_scale.has_value());
     if (has_momentum) {
       launch_group<scalar_t, true>(params, grads, bufs, s, dev);

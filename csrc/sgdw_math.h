@@ -22,7 +22,8 @@
 
 namespace fasttrick {
 
-// Hyper-parameters of one launch, already converted to the arithmetic type. `one_minus_dampening`
+// Hyper-parameters of one launch, already converted to the arithmetic type (fp64 params: double, so
+// an lr of 0.1 is the double 0.1, as in torch.optim.SGD). `one_minus_dampening`
 // is computed on the host in double, as torch.optim.SGD does (`alpha=1 - dampening`).
 template <typename opmath_t>
 struct SgdwScalars {
@@ -39,25 +40,53 @@ struct SgdwScalars {
   bool first_step;
 };
 
-// The launch's hyper-parameters as the op receives them; lr and grad_scale (device tensors) are filled
-// in by the caller: the CPU kernel reads them on the host, the CUDA kernel on the device.
+// The launch's hyper-parameters from the op's float arguments (eager steps: launch arguments).
+// `has_momentum` is whether the launch has buffers (the op's rule), not read from `momentum`.
 template <typename opmath_t>
-inline SgdwScalars<opmath_t> make_sgdw_scalars(double momentum, double dampening, double weight_decay, bool nesterov,
-                                               bool maximize, bool decoupled_weight_decay, bool first_step,
-                                               bool has_grad_scale) {
+inline SgdwScalars<opmath_t> make_sgdw_scalars(double lr, double momentum, double dampening, double weight_decay,
+                                               bool has_momentum, bool nesterov, bool maximize,
+                                               bool decoupled_weight_decay, bool first_step, bool has_grad_scale) {
   SgdwScalars<opmath_t> s;
-  s.lr = opmath_t(0);
+  s.lr = static_cast<opmath_t>(lr);
   s.grad_scale = opmath_t(1);
   s.momentum = static_cast<opmath_t>(momentum);
   s.one_minus_dampening = static_cast<opmath_t>(1.0 - dampening);
   s.weight_decay = static_cast<opmath_t>(weight_decay);
   s.has_grad_scale = has_grad_scale;
-  s.has_momentum = momentum != 0.0;
+  s.has_momentum = has_momentum;
   s.nesterov = nesterov;
   s.maximize = maximize;
   s.decoupled_weight_decay = decoupled_weight_decay;
   s.first_step = first_step;
   return s;
+}
+
+// The op's optional scalar tensors, as raw pointers (nullptr when absent): host pointers for the CPU
+// kernel, device pointers for the CUDA kernel, which both read them with read_tensor_scalars below.
+struct SgdwTensorScalars {
+  const void* lr = nullptr;  // the caller's lr tensor: float or double (lr_is_double)
+  bool lr_is_double = false;
+  const double* hyper = nullptr;  // [lr, momentum, dampening, weight_decay] (compiled steps)
+  const float* grad_scale = nullptr;
+};
+
+// Replaces the float arguments in `s` by the tensors given: hyper first, then lr_tensor over its lr,
+// as ops/library.py documents. 1 - dampening is taken in double, as from the float argument.
+template <typename opmath_t>
+FASTTRICK_HOST_DEVICE void read_tensor_scalars(SgdwScalars<opmath_t>& s, const SgdwTensorScalars& t) {
+  if (t.hyper != nullptr) {
+    s.lr = static_cast<opmath_t>(t.hyper[0]);
+    s.momentum = static_cast<opmath_t>(t.hyper[1]);
+    s.one_minus_dampening = static_cast<opmath_t>(1.0 - t.hyper[2]);
+    s.weight_decay = static_cast<opmath_t>(t.hyper[3]);
+  }
+  if (t.lr != nullptr) {
+    s.lr = t.lr_is_double ? static_cast<opmath_t>(*static_cast<const double*>(t.lr))
+                          : static_cast<opmath_t>(*static_cast<const float*>(t.lr));
+  }
+  if (t.grad_scale != nullptr) {
+    s.grad_scale = static_cast<opmath_t>(*t.grad_scale);
+  }
 }
 
 // Updates p and b in place and returns the (unscaled) gradient for the optional write-back.

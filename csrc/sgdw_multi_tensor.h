@@ -60,8 +60,7 @@ struct LaunchArgs {
 // null when SgdwScalars::lr already holds the value passed as a launch argument. grad_scale and
 // found_inf: GradScaler's tensors, or null.
 struct DeviceScalars {
-  const float* lr;
-  const float* grad_scale;
+  SgdwTensorScalars tensors;  // the lr / hyper / grad_scale tensors given to the op (sgdw_math.h)
   const float* found_inf;
 };
 
@@ -109,12 +108,7 @@ FASTTRICK_HOST_DEVICE void sgdw_multi_tensor_thread(const LaunchArgs<scalar_t, o
   if (dev.found_inf != nullptr && *dev.found_inf != 0.0f) {
     return;
   }
-  if (dev.lr != nullptr) {
-    s.lr = static_cast<opmath_t>(*dev.lr);
-  }
-  if (dev.grad_scale != nullptr) {
-    s.grad_scale = static_cast<opmath_t>(*dev.grad_scale);
-  }
+  read_tensor_scalars(s, dev.tensors);
   // Tensor owning this block's chunk: last t with chunk_begin[t] <= block.
   int lo = 0;
   int hi = args.num_tensors - 1;

@@ -58,7 +58,7 @@ def test_state_dict_keeps_fp32_buffer_of_bf16_params():
         buf = restored.state[q]["momentum_buffer"]
         assert buf.dtype == torch.float32
         assert torch.equal(buf, opt.state[p]["momentum_buffer"])
-    assert restored.param_groups[0]["lr"].dtype == torch.float32
+    assert restored.param_groups[0]["lr"] == 0.1  # a float lr stays a float through a checkpoint
 
 
 @pytest.mark.parametrize(("device", "backend"), DEVICE_BACKENDS)
@@ -110,7 +110,7 @@ def test_found_inf_on_a_later_step_changes_nothing(device, backend):
 
 
 @pytest.mark.parametrize(("device", "backend"), DEVICE_BACKENDS)
-def test_step_lr_and_reduce_on_plateau_drive_tensor_lr(device, backend):
+def test_step_lr_and_reduce_on_plateau_drive_float_lr(device, backend):
     grads = grad_stream(SHAPES, 12)
     ours, theirs = make_params(SHAPES, device=device), make_params(SHAPES)
     opt = FusedSGDW(ours, backend=backend, **HYPER)
@@ -126,9 +126,8 @@ def test_step_lr_and_reduce_on_plateau_drive_tensor_lr(device, backend):
     run_steps(ref, theirs, grads, after_step=lambda s: schedule([step_lr[1], plateau[1]], s))
 
     lr = opt.param_groups[0]["lr"]
-    assert isinstance(lr, torch.Tensor) and lr.device.type == device  # the schedulers fill_ it in place
-    assert lr.item() == pytest.approx(ref.param_groups[0]["lr"], rel=1e-6)
-    assert lr.item() < 0.1 * 0.25  # both StepLR halvings and at least one plateau cut happened
+    assert isinstance(lr, float) and lr == ref.param_groups[0]["lr"]  # the schedulers' own floats, as for SGD
+    assert lr < 0.1 * 0.25  # both StepLR halvings and at least one plateau cut happened
     assert_params_close(ours, theirs, **FP32_TOL)
 
 
@@ -175,22 +174,9 @@ def test_bad_param_group_added_later_raises():
         opt.add_param_group({"params": make_params([(4,)]), "momentum": -1.0})
 
 
-def test_params_on_two_devices_in_one_group_raise():
-    with pytest.raises(ValueError, match="one device"):
-        FusedSGDW([torch.zeros(3, requires_grad=True), torch.zeros(3, device="meta", requires_grad=True)])
-
-
 def test_integer_params_raise():
-    with pytest.raises(TypeError, match="float32, float16, bfloat16 and float64"):
+    with pytest.raises(TypeError, match="float32, float16, bfloat16, float64, complex64"):
         FusedSGDW([torch.zeros(3, dtype=torch.int64)])
-
-
-@pytest.mark.parametrize(("device", "backend"), DEVICE_BACKENDS)
-def test_sparse_gradient_raises(device, backend):
-    emb = torch.nn.Embedding(10, 4, sparse=True).to(device)
-    emb(torch.tensor([1, 2], device=device)).sum().backward()
-    with pytest.raises(RuntimeError, match="sparse gradients"):
-        FusedSGDW(emb.parameters(), lr=0.1, backend=backend).step()
 
 
 def test_explicit_unavailable_backend_raises_with_cause():

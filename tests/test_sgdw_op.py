@@ -14,7 +14,6 @@ from sgdw_helpers import (
     DEVICE_BACKENDS,
     FP32_TOL,
     assert_params_close,
-    clone_params,
     grad_stream,
     make_params,
     run_steps,
@@ -47,7 +46,7 @@ def _op_args(device, momentum=0.9, first_step=False, found_inf=None):
     grads = [torch.randn_like(p) for p in params]
     bufs = [torch.randn_like(p) for p in params] if momentum else []
     lr = torch.tensor(0.1, device=device)
-    return (params, grads, bufs, lr, None, found_inf, momentum, 0.0, 1e-4, False, False, False, first_step)
+    return (params, grads, bufs, 0.0, momentum, 0.0, 1e-4, False, False, False, first_step, lr, None, None, found_inf)
 
 
 # The C++ kernels (cpu, cuda) implement fasttrick::sgdw_, the Triton kernel fasttrick::sgdw_triton_.
@@ -63,19 +62,33 @@ def test_opcheck(device, backend):
     op = getattr(torch.ops.fasttrick, _OP_OF_BACKEND[backend])
     torch.library.opcheck(op, _op_args(device), test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(op, _op_args(device, momentum=0.0, first_step=True), test_utils=("test_schema",))
+    # The compiled form: hyper-parameters in a float64 tensor, lr from the float (no lr_tensor).
+    compiled_form = list(_op_args(device))
+    compiled_form[11] = None
+    compiled_form[12] = torch.tensor([0.1, 0.9, 0.0, 1e-4], dtype=torch.float64, device=device)
+    torch.library.opcheck(op, tuple(compiled_form), test_utils=("test_schema", "test_faketensor"))
 
 
-@pytest.mark.parametrize(("device", "backend"), DEVICE_BACKENDS)
-def test_compiled_step_has_no_graph_break_and_no_lr_recompile(device, backend):
-    """torch.compile(fullgraph=True) of a function that calls step(): one graph for the first step
-    (it creates state) and one for the rest; changing lr in place, as torch's LR schedulers do,
-    recompiles nothing."""
+# Schedules that change the group's floats every step: OneCycleLR and CyclicLR cycle momentum too.
+_SCHEDULES = {
+    "StepLR": lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7),
+    "OneCycleLR": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=20),
+    "CyclicLR": lambda opt: torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.01, max_lr=0.1, step_size_up=2),
+}
+# Every backend under the schedule that changes most; the others on the device's first backend.
+_COMPILE_CASES = [(d, b, "OneCycleLR") for d, b in DEVICE_BACKENDS] + [
+    (d, available_backends(d)[0], s) for d in sorted({d for d, _ in DEVICE_BACKENDS}) for s in ("StepLR", "CyclicLR")
+]
+
+
+def _compile_and_step(make_optimizer, schedule: str, device: str, steps: int = 5):
+    """(graphs compiled, graph breaks, params) for `steps` compiled optimizer steps under `schedule`."""
+    from torch._dynamo.utils import counters
+
     shapes = [(127,), (64, 32, 3, 3)]
     params = make_params(shapes, device=device)
-    expected = clone_params(params)
-    opt = FusedSGDW(params, backend=backend, lr=0.1, momentum=0.9, weight_decay=5e-4)
-    ref = FusedSGDW(expected, backend="reference", lr=0.1, momentum=0.9, weight_decay=5e-4)
-
+    opt = make_optimizer(params)
+    scheduler = _SCHEDULES[schedule](opt)
     graphs = 0
 
     def counting_backend(gm, example_inputs):
@@ -83,19 +96,56 @@ def test_compiled_step_has_no_graph_break_and_no_lr_recompile(device, backend):
         graphs += 1
         return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)  # fake tensors -> register_fake
 
-    def train_step():
-        opt.step()
-
     torch._dynamo.reset()
-    compiled_step = torch.compile(train_step, backend=counting_backend, fullgraph=True)
-    for step, step_grads in enumerate(grad_stream(shapes, 6)):
-        for p, q, g in zip(params, expected, step_grads, strict=True):
-            p.grad, q.grad = g.to(device), g.clone()
+    counters.clear()
+
+    def train_step():
+        opt.step()  # looked up per call: LR schedulers wrap opt.step
+
+    # Not fullgraph: the schedulers' step wrapper (torch/optim/lr_scheduler.py) is skipped by Dynamo, a
+    # graph break torch.optim.SGD has as well; what follows compiles as the step's own frame.
+    compiled_step = torch.compile(train_step, backend=counting_backend)
+    for step_grads in grad_stream(shapes, steps):
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad = g.to(device)
         compiled_step()
-        ref.step()
-        for o in (opt, ref):
-            o.param_groups[0]["lr"].fill_(0.1 * 0.7 ** (step + 1))
-    assert graphs <= 2, f"{graphs} graphs compiled for 6 steps"
+        scheduler.step()
+    return graphs, sum(counters["graph_break"].values()), params
+
+
+@pytest.mark.parametrize(("device", "backend", "schedule"), _COMPILE_CASES)
+def test_compiled_step_compiles_no_more_than_torch_sgd(device, backend, schedule):
+    """torch.compile of a step under LR schedulers that change lr (and momentum) every step: no more
+    graphs and graph breaks than torch.optim.SGD has for the same steps (one graph for the first step,
+    which creates state, one with the changing floats as graph inputs; a float op argument would
+    recompile for every new momentum instead)."""
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    ours = _compile_and_step(lambda ps: FusedSGDW(ps, backend=backend, **hyper), schedule, device)
+    # The foreach backend is compared with torch's foreach step: both pass floats as _foreach_* scalars,
+    # which Dynamo specialises (each new momentum compiles anew, in torch.optim.SGD(foreach=True) too).
+    foreach = backend == "foreach"
+    theirs = _compile_and_step(lambda ps: torch.optim.SGD(ps, foreach=foreach, **hyper), schedule, "cpu")
+    assert ours[:2] <= theirs[:2], f"(graphs, graph breaks): {ours[:2]} for FusedSGDW, {theirs[:2]} for SGD"
+    assert foreach or ours[0] <= 2
+    params, expected = ours[2], theirs[2]
+    assert_params_close(params, expected, **FP32_TOL)
+
+
+# foreach: its _foreach_* scalar momentum is specialised, as in torch's own foreach step (see above).
+@pytest.mark.parametrize(("device", "backend"), [(d, b) for d, b in DEVICE_BACKENDS if b != "foreach"])
+def test_compiled_step_with_a_tensor_lr_compiles_once_after_state(device, backend):
+    """A tensor lr changed in place by the scheduler (OneCycleLR fill_s it) and a cycled momentum:
+    two graphs in all, as for the float lr."""
+    graphs, breaks, params = _compile_and_step(
+        lambda ps: FusedSGDW(ps, backend=backend, lr=torch.tensor(0.1, device=device), momentum=0.9),
+        "OneCycleLR",
+        device,
+    )
+    assert graphs <= 2 and breaks <= 1  # the one break: the schedulers' step wrapper
+    expected = make_params([(127,), (64, 32, 3, 3)])
+    ref = torch.optim.SGD(expected, foreach=False, lr=torch.tensor(0.1), momentum=0.9)
+    scheduler = _SCHEDULES["OneCycleLR"](ref)
+    run_steps(ref, expected, grad_stream([(127,), (64, 32, 3, 3)], 5), after_step=lambda s: scheduler.step())
     assert_params_close(params, expected, **FP32_TOL)
 
 
@@ -132,13 +182,14 @@ from triton.compiler import ASTSource
 from fasttrick.ops.triton_sgdw import BLOCK, NUM_WARPS, _sgdw_kernel
 
 runtime_args = {"pointer_table": "*i64", "numel_table": "*i64", "program_tensor": "*i32", "program_start": "*i64",
-                "n_tensors": "i32", "lr_ptr": "*fp32", "grad_scale_ptr": "*fp32", "found_inf_ptr": "*fp32",
-                "hyper_ptr": "*fp32"}
+                "n_tensors": "i32", "lr_bits": "i64", "momentum_bits": "i64", "one_minus_dampening_bits": "i64",
+                "weight_decay_bits": "i64", "lr_ptr": "*fp32", "hyper_ptr": "*fp64", "grad_scale_ptr": "*fp32",
+                "found_inf_ptr": "*fp32"}
 kinds = {}
 for aligned in (True, False):
     constexprs = dict(PARAM=tl.float32, OPMATH=tl.float32, HAS_GRAD_SCALE=False, HAS_FOUND_INF=True,
                       HAS_MOMENTUM=True, HAS_WEIGHT_DECAY=True, NESTEROV=False, MAXIMIZE=False, DECOUPLED=False,
-                      FIRST_STEP=False, ALIGNED=aligned, BLOCK=BLOCK)
+                      FIRST_STEP=False, LR_FROM_PTR=False, HYPER_FROM_PTR=False, ALIGNED=aligned, BLOCK=BLOCK)
     signature = {**runtime_args, **{name: "constexpr" for name in constexprs}}
     names = list(signature)
     source = ASTSource(fn=_sgdw_kernel, signature=signature,
@@ -238,3 +289,62 @@ def test_cpu_kernel_matches_reference_at_every_simd_width(isa):
     out = subprocess.run([sys.executable, "-c", _ISA_PROBE], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "isa ok" in out.stdout
+
+
+def test_compiled_grad_scaler_step_compiles_no_more_than_torch_sgd():
+    """scaler.step(opt) compiled: as many graphs as torch.optim.SGD; one graph break more, on the first
+    step only: the host read of found_inf that keeps a skipped first step from leaving buffers behind
+    (torch.optim.SGD's GradScaler path reads it on every step, in a function Dynamo skips)."""
+    from torch._dynamo.utils import counters
+
+    def compile_and_step(make_optimizer):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(8, 4)
+        opt = make_optimizer(model.parameters())
+        scaler = torch.amp.GradScaler("cpu", init_scale=128.0)
+
+        def train_step():
+            scaler.step(opt)
+            scaler.update()
+
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = torch.compile(train_step, backend="aot_eager")
+        for _ in range(4):
+            opt.zero_grad()
+            scaler.scale(model(torch.randn(3, 8)).sum()).backward()
+            compiled()
+        return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values()), list(model.parameters())
+
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    ours = compile_and_step(lambda ps: FusedSGDW(ps, **hyper))
+    theirs = compile_and_step(lambda ps: torch.optim.SGD(ps, foreach=False, **hyper))
+    assert ours[0] <= theirs[0] and ours[1] <= theirs[1] + 1, f"(graphs, breaks): ours {ours[:2]}, SGD {theirs[:2]}"
+    assert_params_close(ours[2], theirs[2], **FP32_TOL)
+
+
+@pytest.mark.parametrize("device", [d for d, b in DEVICE_BACKENDS if b == "triton"])
+def test_triton_launcher_caches_nothing_per_hyperparameter_value(device):
+    """OneCycleLR moves lr and momentum every step; the launcher's module-level caches stay as they
+    were after the first steps (they once kept one device tensor per momentum value, without bound)."""
+    from fasttrick.ops import triton_sgdw
+
+    def cache_sizes():
+        return {k: len(v) for k, v in vars(triton_sgdw).items() if isinstance(v, dict)}
+
+    params = make_params([(300,), (7, 5)], device=device)
+    opt = FusedSGDW(params, lr=0.1, momentum=0.9, backend="triton")
+    scheduler = _SCHEDULES["OneCycleLR"](opt)
+    grads = grad_stream([(300,), (7, 5)], 12)
+    for p, g in zip(params, grads[0], strict=True):
+        p.grad = g.to(device)
+    momenta = set()
+    for step_grads in grads:
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad.copy_(g)
+        opt.step()
+        scheduler.step()
+        momenta.add(opt.param_groups[0]["momentum"])
+        if len(momenta) == 2:
+            sizes = cache_sizes()
+    assert len(momenta) >= 10 and cache_sizes() == sizes

@@ -49,9 +49,9 @@ void emulate_dtype(const std::vector<Tensor>& params, const std::vector<Tensor>&
                    double dampening, double weight_decay, bool nesterov, bool maximize, bool decoupled_weight_decay,
                    bool first_step, int64_t sm_count, const LaunchLimits& limits, std::vector<int64_t>& plan) {
   using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-  auto s = make_sgdw_scalars<opmath_t>(momentum, dampening, weight_decay, nesterov, maximize, decoupled_weight_decay,
-                                       first_step, dev.grad_scale != nullptr);
-  s.lr = static_cast<opmath_t>(lr);
+  const auto s = make_sgdw_scalars<opmath_t>(lr, momentum, dampening, weight_decay, momentum != 0.0, nesterov,
+                                             maximize, decoupled_weight_decay, first_step,
+                                             dev.tensors.grad_scale != nullptr);
   if (momentum != 0.0) {
     emulate_group<scalar_t, opmath_t, true>(params, grads, bufs, s, dev, sm_count, limits, plan);
   } else {
@@ -86,8 +86,10 @@ std::vector<int64_t> emulate_sgdw(std::vector<Tensor> params, std::vector<Tensor
                         (bufs.empty() || (bufs[t].is_contiguous() && bufs[t].numel() == params[t].numel())),
                     "emulate_sgdw: tensor ", t, " is not a contiguous CPU param/grad/buffer triple");
   }
-  const DeviceScalars dev{scalar_ptr(lr_tensor, "lr_tensor"), scalar_ptr(grad_scale, "grad_scale"),
-                          scalar_ptr(found_inf, "found_inf")};
+  SgdwTensorScalars tensors;
+  tensors.lr = scalar_ptr(lr_tensor, "lr_tensor");
+  tensors.grad_scale = scalar_ptr(grad_scale, "grad_scale");
+  const DeviceScalars dev{tensors, scalar_ptr(found_inf, "found_inf")};
   const auto run = [&](auto scalar) {
     emulate_dtype<decltype(scalar)>(params, grads, bufs, lr, dev, momentum, dampening, weight_decay, nesterov,
                                     maximize, decoupled_weight_decay, first_step, sm_count, launch_limits, plan);

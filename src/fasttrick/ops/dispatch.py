@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from .. import _backend
-from . import library  # noqa: F401  (defines the fasttrick:: op schemas before any kernel is registered)
+from . import library  # (defines the fasttrick:: op schemas before any kernel is registered)
 from .foreach import sgdw_foreach_
 from .reference import sgdw_reference_
 
@@ -203,8 +203,7 @@ def _probe_launch(update: SgdwFn, device: torch.device) -> None:
         p = torch.tensor(_PROBE_P, device=device)
         g = torch.tensor(_PROBE_G, device=device)
         b = torch.ones(3, device=device)
-        lr = torch.tensor(0.5, device=device)
-        update([p], [g], [b], lr, None, None, 0.5, 0.0, 0.0, False, False, False, False)
+        update([p], [g], [b], 0.5, 0.5, 0.0, 0.0, False, False, False, False)
         got_p, got_b = p.tolist(), b.tolist()  # on CUDA: waits for the kernel, so its errors surface here
     if got_p != _PROBE_EXPECTED_P or got_b != _PROBE_EXPECTED_B:
         raise RuntimeError(
@@ -220,12 +219,6 @@ def _backend_function(name: str) -> SgdwFn:
     if name == "triton":
         from .triton_sgdw import sgdw_triton_  # imports triton; registers the op's kernels
 
-        def triton_step(*args) -> None:
-            # Eager calls skip the op dispatcher's Python round trip; torch.compile must see the op.
-            if torch.compiler.is_compiling():
-                torch.ops.fasttrick.sgdw_triton_(*args)
-            else:
-                sgdw_triton_(*args)
-
-        return triton_step
-    return torch.ops.fasttrick.sgdw_  # "cpu" / "cuda": kernels registered by the extension probe
+        # Eager calls skip the op dispatcher's Python round trip; torch.compile must see the op.
+        return library.op_backend(torch.ops.fasttrick.sgdw_triton_, eager=sgdw_triton_)
+    return library.op_backend(torch.ops.fasttrick.sgdw_)  # "cpu" / "cuda": kernels registered by the extension probe

@@ -31,9 +31,7 @@ def sgdw_foreach_(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffers: list[Tensor],
-    lr: float | Tensor,
-    grad_scale: Tensor | None,
-    found_inf: Tensor | None,
+    lr: float,
     momentum: float,
     dampening: float,
     weight_decay: float,
@@ -41,9 +39,18 @@ def sgdw_foreach_(
     maximize: bool,
     decoupled_weight_decay: bool,
     first_step: bool,
+    lr_tensor: Tensor | None = None,
+    hyper: Tensor | None = None,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
 ) -> None:
+    """The op schema's signature (ops/library.py); momentum is on when `momentum_buffers` is not empty."""
     if not params:
         return
+    if hyper is not None:  # the schema's compiled form; the optimizer calls this backend with plain floats
+        lr, momentum, dampening, weight_decay = hyper.tolist()
+    if lr_tensor is not None:
+        lr = lr_tensor
     device = params[0].device
     opmath = momentum_dtype(params[0].dtype)
     skip: Tensor | None = None  # 0-d bool on the device: the step is skipped (AMP found inf/NaN)
@@ -83,7 +90,7 @@ def sgdw_foreach_(
             d = _foreach("add", d, d is not grads, p, alpha=weight_decay)
 
     u = d  # the update direction
-    if momentum != 0:
+    if momentum_buffers:
         bufs = momentum_buffers
         if first_step:
             b = d

@@ -4,17 +4,32 @@
 has the same schema and runs the Triton kernel. Both mutate params, grads (AMP write-back) and buffers
 in place and return nothing, so the fake implementation has nothing to compute: it only lets
 torch.compile trace a step without a graph break.
+
+Hyper-parameters come two ways, because eager and compiled steps need different things:
+- eager: the floats `lr, momentum, dampening, weight_decay` are kernel launch arguments (no tensor to
+  build or copy, no host sync; fp64 params compute with the exact doubles);
+- compiled: a float argument of a custom op is specialised by Dynamo, so every new momentum value
+  (OneCycleLR, CyclicLR) would compile a new graph. There `hyper`, a float64 tensor
+  `[lr, momentum, dampening, weight_decay]` built inside the graph from the group's (dynamic) floats,
+  replaces the four floats, which are then ignored.
+`lr_tensor`, the caller's own one-element float32/float64 lr tensor, replaces the lr of either.
+Momentum is on exactly when `momentum_buffers` is not empty (one buffer per param); the kernels check
+that this agrees with the float `momentum` when no `hyper` is given.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch import Tensor
 
 # Argument order is the same for every backend function in ops/ (see ops/dispatch.py).
 SGDW_SCHEMA = (
-    "(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, Tensor lr, Tensor? grad_scale, "
-    "Tensor? found_inf, float momentum, float dampening, float weight_decay, bool nesterov, bool maximize, "
-    "bool decoupled_weight_decay, bool first_step) -> ()"
+    "(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, float lr, float momentum, "
+    "float dampening, float weight_decay, bool nesterov, bool maximize, bool decoupled_weight_decay, "
+    "bool first_step, Tensor? lr_tensor=None, Tensor? hyper=None, Tensor? grad_scale=None, "
+    "Tensor? found_inf=None) -> ()"
 )
 
 _library = torch.library.Library("fasttrick", "DEF")  # kept alive for the life of the process
@@ -27,8 +42,6 @@ for _name in ("sgdw_", "sgdw_triton_"):
         grads,
         momentum_buffers,
         lr,
-        grad_scale,
-        found_inf,
         momentum,
         dampening,
         weight_decay,
@@ -36,5 +49,60 @@ for _name in ("sgdw_", "sgdw_triton_"):
         maximize,
         decoupled_weight_decay,
         first_step,
+        lr_tensor=None,
+        hyper=None,
+        grad_scale=None,
+        found_inf=None,
     ) -> None:
         return None
+
+
+def kernel_can_walk(param: Tensor, grad: Tensor, buf: Tensor | None = None) -> bool:
+    """Whether the kernels (C++, CUDA, Triton) can update this tensor: they walk `numel` consecutive
+    elements from each data pointer, so the param must be non-overlapping and dense (contiguous,
+    channels-last, transposed, any permutation) and its grad and buffer laid out the same, strides of
+    size-1 dimensions excepted (they never move the walk: a 1x1 convolution's channels-last buffer
+    loaded from a contiguous checkpoint). The same rule as `same_layout` in csrc/sgdw_checks.h."""
+    if param.layout is not torch.strided or grad.layout is not torch.strided:
+        return False
+    # The common cases first, in a few C calls: per tensor per step this is Python's whole cost.
+    if param.is_contiguous() and grad.is_contiguous() and (buf is None or buf.is_contiguous()):
+        return grad.shape == param.shape and (buf is None or buf.shape == param.shape)
+    strides = param.stride()
+    if (
+        param.is_contiguous(memory_format=torch.channels_last)
+        and grad.stride() == strides
+        and (buf is None or buf.stride() == strides)
+    ):
+        return grad.shape == param.shape and (buf is None or buf.shape == param.shape)
+    expected = 1  # a dense layout: the strides, sorted, are the running products of the sizes
+    for stride, size in sorted((st, n) for st, n in zip(param.stride(), param.shape, strict=True) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return all(
+        t.shape == param.shape
+        and all(a == b for a, b, n in zip(t.stride(), param.stride(), param.shape, strict=True) if n != 1)
+        for t in (grad, buf)
+        if t is not None
+    )
+
+
+def op_backend(op: Callable[..., None], eager: Callable[..., None] | None = None) -> Callable[..., None]:
+    """The backend function (ops/dispatch.py) of a custom op: eager calls pass the float hyper-parameters
+    as launch arguments (to `eager`, a direct Python impl that skips the dispatcher, if given); a call
+    being compiled packs them into the `hyper` tensor, so new values (a momentum cycled by OneCycleLR)
+    do not recompile: Dynamo traces the group's floats as graph inputs, as for torch.optim.SGD."""
+
+    def call(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, *flags, **tensors) -> None:
+        if not torch.compiler.is_compiling():
+            (eager or op)(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, *flags, **tensors)
+            return
+        device = params[0].device if params else torch.device("cpu")
+        # Arithmetic on a tensor keeps a dynamic float symbolic; torch.tensor([...]) or torch.full would
+        # specialise it (measured: 6 graphs for 6 momentum values, against 2 this way).
+        one = torch.ones((), dtype=torch.float64, device=device)
+        hyper = torch.stack([one * lr, one * momentum, one * dampening, one * weight_decay])
+        op(params, grads, momentum_buffers, 0.0, 0.0, 0.0, 0.0, *flags, **tensors, hyper=hyper)
+
+    return call

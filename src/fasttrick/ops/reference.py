@@ -28,9 +28,7 @@ def sgdw_reference_(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffers: list[Tensor],
-    lr: Tensor,
-    grad_scale: Tensor | None,
-    found_inf: Tensor | None,
+    lr: float,
     momentum: float,
     dampening: float,
     weight_decay: float,
@@ -38,12 +36,21 @@ def sgdw_reference_(
     maximize: bool,
     decoupled_weight_decay: bool,
     first_step: bool,
+    lr_tensor: Tensor | None = None,
+    hyper: Tensor | None = None,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
 ) -> None:
+    if hyper is not None:  # the op schema's compiled form (ops/library.py): plain Python tracing needs none
+        lr, momentum, dampening, weight_decay = hyper.tolist()
+    has_momentum = bool(momentum_buffers)
     for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
         opmath = momentum_dtype(param.dtype)
-        lr_ = lr.to(opmath)
+        lr_ = lr_tensor.to(opmath).reshape(()) if lr_tensor is not None else lr  # a 0-d temporary
         p = param.to(opmath)
-        g = grad.to(opmath)
+        # Any layout works here: arithmetic makes new tensors and _store copies into the destination's
+        # strides, so this is also FusedSGDW's per-tensor path for what the kernels cannot walk.
+        g = (grad.to_dense() if grad.is_sparse else grad).to(opmath)
         if grad_scale is not None:
             g = g / grad_scale.to(opmath)
         d = -g if maximize else g
@@ -53,25 +60,24 @@ def sgdw_reference_(
             else:
                 d = d.add(p, alpha=weight_decay)
         b = None
-        if momentum != 0:
+        if has_momentum:
             b = d.clone() if first_step else momentum_buffers[i] * momentum + d * (1 - dampening)
             d = d.add(b, alpha=momentum) if nesterov else b
         p = p - lr_ * d
 
-        if found_inf is None:
-            _store(param, p)
-            if b is not None:
-                _store(momentum_buffers[i], b)
-            if grad_scale is not None:
-                _store(grad, g)
-        else:
-            skip = found_inf.to(param.device) != 0
-            _store(param, torch.where(skip, param.to(opmath), p))
-            if b is not None:
-                _store(momentum_buffers[i], torch.where(skip, momentum_buffers[i], b))
-            if grad_scale is not None:
-                _store(grad, torch.where(skip, grad.to(opmath), g))
+        skip = None if found_inf is None else found_inf.to(param.device) != 0
+        _store(param, p, skip)
+        if b is not None:
+            _store(momentum_buffers[i], b, skip)
+        if grad_scale is not None:
+            if grad.is_sparse:  # the unscaled values go back into the sparse grad itself
+                values = grad._values()
+                _store(values, values.to(opmath) / grad_scale.to(opmath), skip)
+            else:
+                _store(grad, g, skip)
 
 
-def _store(dst: Tensor, value: Tensor) -> None:
-    dst.copy_(value)  # copy_ rounds to dst's dtype (round-to-nearest-even) and keeps dst's strides
+def _store(dst: Tensor, value: Tensor, skip: Tensor | None) -> None:
+    """dst = value, or unchanged where an AMP step is skipped (torch.where: no host sync). copy_ rounds
+    to dst's dtype (round-to-nearest-even) and keeps dst's strides."""
+    dst.copy_(value if skip is None else torch.where(skip, dst.to(value.dtype), value))

@@ -14,6 +14,7 @@ how the numerics are tested on machines without a GPU.
 
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .library import kernel_can_walk
 from .reference import momentum_dtype
 
 # 4096 elements per program: 16 fp32 elements per thread at 8 warps, i.e. four 16-byte loads per
@@ -40,17 +42,24 @@ _TL_DTYPE = {
 }
 
 
-@triton.jit
+# No value specialisation of the bits (== 1, divisible by 16): a new lr must not compile a new kernel.
+@triton.jit(do_not_specialize=["lr_bits", "momentum_bits", "one_minus_dampening_bits", "weight_decay_bits"])
 def _sgdw_kernel(
     pointer_table,  # int64 [3, n_tensors]: param, grad, buffer addresses
     numel_table,  # int64 [n_tensors]
     program_tensor,  # int32 [n_programs]
     program_start,  # int64 [n_programs]
     n_tensors,
-    lr_ptr,
+    # The float hyper-parameters as the int64 bits of their doubles: Triton passes a Python float as
+    # fp32, which would round an fp64 param's lr (0.1 -> 0.10000000149); bits keep the double exact.
+    lr_bits,
+    momentum_bits,
+    one_minus_dampening_bits,
+    weight_decay_bits,
+    lr_ptr,  # the caller's lr tensor (fp32 or fp64), read when LR_FROM_PTR
+    hyper_ptr,  # fp64 [lr, momentum, dampening, weight_decay], read when HYPER_FROM_PTR (compiled steps)
     grad_scale_ptr,
     found_inf_ptr,
-    hyper_ptr,  # opmath [3]: momentum, 1 - dampening, weight_decay (a tensor keeps fp64 exact for fp64 params)
     PARAM: tl.constexpr,
     OPMATH: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
@@ -61,6 +70,8 @@ def _sgdw_kernel(
     MAXIMIZE: tl.constexpr,
     DECOUPLED: tl.constexpr,
     FIRST_STEP: tl.constexpr,
+    LR_FROM_PTR: tl.constexpr,
+    HYPER_FROM_PTR: tl.constexpr,
     ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -82,7 +93,18 @@ def _sgdw_kernel(
         p_ptrs = tl.multiple_of(p_ptrs, 16)
         g_ptrs = tl.multiple_of(g_ptrs, 16)
         b_ptrs = tl.multiple_of(b_ptrs, 16)
-    lr = tl.load(lr_ptr).to(OPMATH)
+    if HYPER_FROM_PTR:
+        lr = tl.load(hyper_ptr).to(OPMATH)
+        momentum = tl.load(hyper_ptr + 1).to(OPMATH)
+        one_minus_dampening = (1.0 - tl.load(hyper_ptr + 2)).to(OPMATH)  # in fp64, as on the host
+        weight_decay = tl.load(hyper_ptr + 3).to(OPMATH)
+    else:
+        lr = _from_bits(lr_bits, OPMATH)
+        momentum = _from_bits(momentum_bits, OPMATH)
+        one_minus_dampening = _from_bits(one_minus_dampening_bits, OPMATH)
+        weight_decay = _from_bits(weight_decay_bits, OPMATH)
+    if LR_FROM_PTR:
+        lr = tl.load(lr_ptr).to(OPMATH)
     if start + BLOCK <= numel:
         _sgdw_block(
             p_ptrs,
@@ -90,8 +112,10 @@ def _sgdw_kernel(
             b_ptrs,
             None,
             lr,
+            momentum,
+            one_minus_dampening,
+            weight_decay,
             grad_scale_ptr,
-            hyper_ptr,
             PARAM,
             OPMATH,
             HAS_GRAD_SCALE,
@@ -101,6 +125,7 @@ def _sgdw_kernel(
             MAXIMIZE,
             DECOUPLED,
             FIRST_STEP,
+            HYPER_FROM_PTR,
         )
     else:  # the tensor's tail, or a skipped step
         _sgdw_block(
@@ -109,8 +134,10 @@ def _sgdw_kernel(
             b_ptrs,
             offsets < numel,
             lr,
+            momentum,
+            one_minus_dampening,
+            weight_decay,
             grad_scale_ptr,
-            hyper_ptr,
             PARAM,
             OPMATH,
             HAS_GRAD_SCALE,
@@ -120,7 +147,14 @@ def _sgdw_kernel(
             MAXIMIZE,
             DECOUPLED,
             FIRST_STEP,
+            HYPER_FROM_PTR,
         )
+
+
+@triton.jit
+def _from_bits(bits, OPMATH: tl.constexpr):
+    # An argument that fits int32 (0.0, denormals) arrives as i32: widen before the bitcast.
+    return bits.to(tl.int64).to(tl.float64, bitcast=True).to(OPMATH)
 
 
 @triton.jit
@@ -130,8 +164,10 @@ def _sgdw_block(
     b_ptrs,
     mask,  # None for a full block: unmasked accesses vectorise
     lr,
+    momentum,
+    one_minus_dampening,
+    weight_decay,
     grad_scale_ptr,
-    hyper_ptr,
     PARAM: tl.constexpr,
     OPMATH: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
@@ -141,11 +177,9 @@ def _sgdw_block(
     MAXIMIZE: tl.constexpr,
     DECOUPLED: tl.constexpr,
     FIRST_STEP: tl.constexpr,
+    WEIGHT_DECAY_MAY_BE_ZERO: tl.constexpr,
 ):
     """The update of ops/reference.py, step for step, on one block."""
-    momentum = tl.load(hyper_ptr)
-    one_minus_dampening = tl.load(hyper_ptr + 1)
-    weight_decay = tl.load(hyper_ptr + 2)
     p = tl.load(p_ptrs, mask=mask).to(OPMATH)
     g = tl.load(g_ptrs, mask=mask).to(OPMATH)
     if HAS_GRAD_SCALE:
@@ -157,6 +191,8 @@ def _sgdw_block(
     if HAS_WEIGHT_DECAY:
         if DECOUPLED:
             p = p * (1 - lr * weight_decay)
+        elif WEIGHT_DECAY_MAY_BE_ZERO:  # a compiled step's value: skip it when 0, as torch does (inf * 0)
+            d = tl.where(weight_decay != 0, d + weight_decay * p, d)
         else:
             d = d + weight_decay * p
     if HAS_MOMENTUM:
@@ -184,7 +220,6 @@ class _LaunchTables:
 
 _TABLE_CACHE: OrderedDict[tuple, _LaunchTables] = OrderedDict()
 _TABLE_CACHE_SIZE = 16  # a few (device, dtype) groups x first/steady steps
-_HYPER_CACHE: dict[tuple, Tensor] = {}
 
 
 def _launch_tables(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor]) -> _LaunchTables:
@@ -203,7 +238,7 @@ def _launch_tables(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor]
         _TABLE_CACHE.move_to_end(key)
         return tables
     for i in live:
-        _check_flat_layout(i, params[i], grads[i], bufs[i] if bufs else None)
+        _check_launchable(i, device, params[i], grads[i], bufs[i] if bufs else None)
     numel_table = torch.tensor(numels, dtype=torch.int64)
     programs_per_tensor = (numel_table + BLOCK - 1) // BLOCK
     program_tensor = torch.repeat_interleave(torch.arange(len(live), dtype=torch.int32), programs_per_tensor)
@@ -222,34 +257,33 @@ def _launch_tables(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor]
     return tables
 
 
-def _check_flat_layout(index: int, param: Tensor, grad: Tensor, buf: Tensor | None) -> None:
-    """The kernel walks each tensor as numel consecutive elements: it must be dense, and param, grad
-    and buffer must agree element for element (same strides)."""
-    dense = param.is_contiguous() or (param.dim() == 4 and param.is_contiguous(memory_format=torch.channels_last))
-    same = grad.stride() == param.stride() and (buf is None or buf.stride() == param.stride())
-    if not (dense and same):
+def _check_launchable(index: int, device: torch.device, param: Tensor, grad: Tensor, buf: Tensor | None) -> None:
+    """The kernel gets raw addresses: each must be a plain tensor's own memory on the launch's device,
+    laid out the way the kernel walks it (ops/library.py: kernel_can_walk). A DTensor's data_ptr() is
+    0 and would crash the process; FusedSGDW passes its local shard instead."""
+    for name, t in (("param", param), ("grad", grad), ("momentum buffer", buf)):
+        if t is not None and (t.device != device or t.data_ptr() == 0):
+            raise ValueError(
+                f"the triton backend got {name} {index} ({type(t).__name__} on {t.device}) with no address of its "
+                f"own on {device}; pass plain local tensors (a DTensor's to_local()) of the launch's device"
+            )
+    if not kernel_can_walk(param, grad, buf):
         raise ValueError(
             f"the triton backend needs param {index} (shape {tuple(param.shape)}, strides {param.stride()}) to be "
-            f"contiguous or channels-last, with its grad (strides {grad.stride()}) and momentum buffer laid out the same"
+            f"dense, with its grad (strides {grad.stride()}) and momentum buffer laid out the same; "
+            "FusedSGDW.step routes other layouts to its per-tensor path"
         )
 
 
-def _hyper_tensor(device: torch.device, opmath: torch.dtype, momentum: float, dampening: float, wd: float) -> Tensor:
-    key = (device, opmath, momentum, dampening, wd)
-    hyper = _HYPER_CACHE.get(key)
-    if hyper is None:
-        hyper = torch.tensor([momentum, 1.0 - dampening, wd], dtype=opmath).to(device)
-        _HYPER_CACHE[key] = hyper
-    return hyper
+def _f64_bits(value: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", float(value)))[0]
 
 
 def sgdw_triton_(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffers: list[Tensor],
-    lr: Tensor,
-    grad_scale: Tensor | None,
-    found_inf: Tensor | None,
+    lr: float,
     momentum: float,
     dampening: float,
     weight_decay: float,
@@ -257,37 +291,64 @@ def sgdw_triton_(
     maximize: bool,
     decoupled_weight_decay: bool,
     first_step: bool,
+    lr_tensor: Tensor | None = None,
+    hyper: Tensor | None = None,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
 ) -> None:
     if not params:
         return
     dtype = params[0].dtype
     if dtype not in _TL_DTYPE:
         raise TypeError(f"the triton backend supports float32/float16/bfloat16/float64 params, got {dtype}")
+    has_momentum = bool(momentum_buffers)
+    if hyper is None and (momentum != 0) != has_momentum:
+        raise ValueError(f"momentum {momentum} with {len(momentum_buffers)} buffers: momentum != 0 takes one per param")
+    device = params[0].device
+    for name, t, dtypes in (
+        ("lr_tensor", lr_tensor, (torch.float32, torch.float64)),
+        ("hyper", hyper, (torch.float64,)),
+        ("grad_scale", grad_scale, (torch.float32,)),
+        ("found_inf", found_inf, (torch.float32,)),
+    ):
+        if t is not None and (
+            t.device != device or t.dtype not in dtypes or t.numel() != (4 if name == "hyper" else 1)
+        ):
+            raise ValueError(
+                f"the triton backend needs {name} as a {dtypes} tensor on {device}, got {t.dtype} {tuple(t.shape)} on {t.device}"
+            )
     tables = _launch_tables(params, grads, momentum_buffers)
     n_programs = tables.program_tensor.numel()
     if n_programs == 0:
         return
     opmath = momentum_dtype(dtype)
+    unread = tables.pointer_table  # stands in for an absent tensor argument: the constexpr flags skip it
     _sgdw_kernel[(n_programs,)](
         tables.pointer_table,
         tables.numel_table,
         tables.program_tensor,
         tables.program_start,
         tables.numel_table.numel(),
-        lr,
-        grad_scale if grad_scale is not None else lr,  # unread unless HAS_GRAD_SCALE
-        found_inf if found_inf is not None else lr,  # unread unless HAS_FOUND_INF
-        _hyper_tensor(params[0].device, opmath, momentum, dampening, weight_decay),
+        _f64_bits(lr),
+        _f64_bits(momentum),
+        _f64_bits(1.0 - dampening),  # in double, as torch's `alpha=1 - dampening`
+        _f64_bits(weight_decay),
+        lr_tensor if lr_tensor is not None else unread,
+        hyper if hyper is not None else unread,
+        grad_scale if grad_scale is not None else unread,
+        found_inf if found_inf is not None else unread,
         PARAM=_TL_DTYPE[dtype],
         OPMATH=_TL_DTYPE[opmath],
         HAS_GRAD_SCALE=grad_scale is not None,
         HAS_FOUND_INF=found_inf is not None,
-        HAS_MOMENTUM=momentum != 0,
-        HAS_WEIGHT_DECAY=weight_decay != 0,
+        HAS_MOMENTUM=has_momentum,
+        HAS_WEIGHT_DECAY=hyper is not None or weight_decay != 0,
         NESTEROV=nesterov,
         MAXIMIZE=maximize,
         DECOUPLED=decoupled_weight_decay,
         FIRST_STEP=first_step,
+        LR_FROM_PTR=lr_tensor is not None,
+        HYPER_FROM_PTR=hyper is not None,
         ALIGNED=tables.aligned,
         BLOCK=BLOCK,
         num_warps=NUM_WARPS,
