@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_cases import CASES
-from sgdw_helpers import FP32_TOL, assert_params_close, grad_stream, make_params, run_steps
 
 from fasttrick import FusedSGDW, available_backends
+
+from dist_cases import CASES
+from sgdw_helpers import FP32_TOL, assert_params_close, grad_stream, make_params, run_steps
 
 WORLD_SIZE = 2
 # The whole pair, imports included: ~40 s here (2 cores shared); a hang is stopped well inside CI.
