@@ -16,6 +16,7 @@ import tempfile
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -183,32 +184,49 @@ def _shared_dir() -> str:
     return path[0]
 
 
+def _relay(hops, same_data: bool = False) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """Two training steps per hop; each hop, a (layout, optimizer) pair, starts from a fresh model and
+    loads the previous hop's DCP checkpoint. Returns the last hop's model and optimizer."""
+    path = None
+    for hop, (layout, make_optimizer) in enumerate(hops):
+        model = layout(fresh())
+        opt = make_optimizer(model.parameters())
+        if path is not None:
+            _dcp_load(model, opt, path)
+        train(model, opt, 2, first=2 * hop, same_data=same_data)
+        if hop < len(hops) - 1:
+            path = _shared_dir()
+            _dcp_save(model, opt, path)
+    return model, opt
+
+
+def _loading(cls, **options):
+    """An optimizer built to receive a checkpoint: DCP loads only the state it has, so it needs
+    momentum (for buffers); its lr differs from the run's, which must come from the checkpoint."""
+    return partial(cls, **dict(HYPER, lr=0.5), **options)
+
+
 def case_dcp_fsdp2_to_torch_sgd_and_back(backend: str) -> None:
     """FusedSGDW on FSDP2 -> DCP -> torch.optim.SGD on DDP (another sharding) -> DCP -> FusedSGDW on
-    tensor parallel: the same run as torch.optim.SGD all along (buffers and lr carried over)."""
+    FSDP2 again: the same run as torch.optim.SGD all along (buffers and lr carried over)."""
     ref = DDP(fresh())
     train(ref, torch.optim.SGD(ref.parameters(), **HYPER), 6)
-
-    first, second = _shared_dir(), _shared_dir()
-    model = fsdp2(fresh())
-    opt = FusedSGDW(model.parameters(), backend=backend, **HYPER)
-    train(model, opt, 2)
-    _dcp_save(model, opt, first)
-
-    model = DDP(fresh())
-    # DCP loads only the state the receiving optimizer has: momentum != 0, so that it has buffers.
-    # The lr comes from the checkpoint.
-    opt = torch.optim.SGD(model.parameters(), **dict(HYPER, lr=0.5))
-    _dcp_load(model, opt, first)
-    assert opt.param_groups[0]["lr"] == 0.1 and opt.param_groups[0]["momentum"] == 0.9
-    train(model, opt, 2, first=2)
-    _dcp_save(model, opt, second)
-
-    model = fsdp2(fresh())
-    opt = FusedSGDW(model.parameters(), backend=backend, **dict(HYPER, lr=0.5))
-    _dcp_load(model, opt, second)
+    fused = partial(FusedSGDW, backend=backend, **HYPER)
+    model, opt = _relay(
+        [(fsdp2, fused), (DDP, _loading(torch.optim.SGD)), (fsdp2, _loading(FusedSGDW, backend=backend))]
+    )
     assert opt.param_groups[0]["backend"] == backend
-    train(model, opt, 2, first=4)
+    assert_same(model, ref)
+
+
+def case_dcp_tensor_parallel_to_fsdp2() -> None:
+    """FusedSGDW on column/row-wise tensor parallel -> DCP -> torch.optim.SGD on FSDP2 (rows over ranks)
+    -> DCP -> FusedSGDW on tensor parallel, every rank on the same batches: torch.optim.SGD's run."""
+    ref = fsdp2(fresh())
+    train(ref, torch.optim.SGD(ref.parameters(), **HYPER), 6, same_data=True)
+    fused = partial(FusedSGDW, **HYPER)
+    hops = [(tensor_parallel, fused), (fsdp2, _loading(torch.optim.SGD)), (tensor_parallel, _loading(FusedSGDW))]
+    model, _ = _relay(hops, same_data=True)
     assert_same(model, ref)
 
 
@@ -276,6 +294,7 @@ def _cases() -> dict[str, Callable[[], None]]:
         cases[f"torch_save-fsdp2-both-ways-{b}"] = lambda b=b: case_torch_save_fsdp2_both_ways(b)
     cases["ddp"] = lambda: case_ddp("auto", bucket_view=False, channels_last=False)
     cases["zero"] = lambda: case_zero("auto")
+    cases["dcp-tensor_parallel-to-fsdp2"] = case_dcp_tensor_parallel_to_fsdp2
     cases["dcp-decoupled"] = case_dcp_decoupled
     return cases
 
