@@ -25,6 +25,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -45,6 +46,7 @@ FP32_TOL = dict(rtol=1.3e-6, atol=1e-5)
 HYPER = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
 BACKENDS = available_backends("cpu")
 STEPS = 3
+FULL = StateDictOptions(full_state_dict=True)
 
 
 class MLP(nn.Module):
@@ -184,19 +186,37 @@ def _shared_dir() -> str:
     return path[0]
 
 
-def _relay(hops, same_data: bool = False) -> tuple[nn.Module, torch.optim.Optimizer]:
+def _through_dcp(model: nn.Module, opt) -> Callable[[nn.Module, torch.optim.Optimizer], None]:
+    """Saves with dcp.save; returns the function that loads it into another model and optimizer."""
+    path = _shared_dir()
+    _dcp_save(model, opt, path)
+    return lambda model, opt: _dcp_load(model, opt, path)
+
+
+def _through_full_state_dict(model: nn.Module, opt) -> Callable[[nn.Module, torch.optim.Optimizer], None]:
+    """The unsharded state (full_state_dict=True) on every rank, in memory; returns its loader."""
+    model_state = get_model_state_dict(model, options=FULL)
+    optim_state = get_optimizer_state_dict(model, opt, options=FULL)
+
+    def load(model: nn.Module, opt) -> None:
+        set_model_state_dict(model, model_state, options=FULL)
+        set_optimizer_state_dict(model, opt, optim_state, options=FULL)
+
+    return load
+
+
+def _relay(hops, carry=_through_dcp, same_data: bool = False) -> tuple[nn.Module, torch.optim.Optimizer]:
     """Two training steps per hop; each hop, a (layout, optimizer) pair, starts from a fresh model and
-    loads the previous hop's DCP checkpoint. Returns the last hop's model and optimizer."""
-    path = None
+    loads the previous hop's state through `carry`. Returns the last hop's model and optimizer."""
+    load = None
     for hop, (layout, make_optimizer) in enumerate(hops):
         model = layout(fresh())
         opt = make_optimizer(model.parameters())
-        if path is not None:
-            _dcp_load(model, opt, path)
+        if load is not None:
+            load(model, opt)
         train(model, opt, 2, first=2 * hop, same_data=same_data)
         if hop < len(hops) - 1:
-            path = _shared_dir()
-            _dcp_save(model, opt, path)
+            load = carry(model, opt)
     return model, opt
 
 
@@ -216,6 +236,15 @@ def case_dcp_fsdp2_to_torch_sgd_and_back(backend: str) -> None:
         [(fsdp2, fused), (DDP, _loading(torch.optim.SGD)), (fsdp2, _loading(FusedSGDW, backend=backend))]
     )
     assert opt.param_groups[0]["backend"] == backend
+    assert_same(model, ref)
+
+
+def case_full_state_dict_fsdp2_to_torch_sgd_and_back() -> None:
+    """As the DCP relay, through get/set_optimizer_state_dict(full_state_dict=True) in memory."""
+    ref = DDP(fresh())
+    train(ref, torch.optim.SGD(ref.parameters(), **HYPER), 6)
+    hops = [(fsdp2, partial(FusedSGDW, **HYPER)), (DDP, _loading(torch.optim.SGD)), (fsdp2, _loading(FusedSGDW))]
+    model, _ = _relay(hops, carry=_through_full_state_dict)
     assert_same(model, ref)
 
 
@@ -295,6 +324,7 @@ def _cases() -> dict[str, Callable[[], None]]:
     cases["ddp"] = lambda: case_ddp("auto", bucket_view=False, channels_last=False)
     cases["zero"] = lambda: case_zero("auto")
     cases["dcp-tensor_parallel-to-fsdp2"] = case_dcp_tensor_parallel_to_fsdp2
+    cases["full_state_dict-fsdp2-to-torch_sgd-and-back"] = case_full_state_dict_fsdp2_to_torch_sgd_and_back
     cases["dcp-decoupled"] = case_dcp_decoupled
     return cases
 
