@@ -261,7 +261,8 @@ def case_dcp_tensor_parallel_to_fsdp2() -> None:
 
 def case_dcp_decoupled() -> None:
     """A decoupled FusedSGDW checkpoint loads into a decoupled FusedSGDW and continues the run; a
-    torch.optim.SGD refuses it instead of running the decay as L2."""
+    torch.optim.SGD refuses it (through DCP and through full_state_dict) instead of running the decay
+    as L2."""
     decoupled = dict(HYPER, decoupled_weight_decay=True)
     ref = fsdp2(fresh())
     train(ref, FusedSGDW(ref.parameters(), **decoupled), 4)
@@ -280,6 +281,12 @@ def case_dcp_decoupled() -> None:
         assert "Missing key in checkpoint state_dict: optim.param_groups.0.weight_decay" in str(e), e
     else:
         raise AssertionError("torch.optim.SGD loaded a decoupled FusedSGDW checkpoint")
+    try:
+        set_optimizer_state_dict(sgd_model, sgd, get_optimizer_state_dict(model, opt, options=FULL), options=FULL)
+    except KeyError as e:  # torch meets the key its own state_dict lacks
+        assert "decoupled_weight_decay" in str(e), e
+    else:
+        raise AssertionError("torch.optim.SGD took a decoupled FusedSGDW full_state_dict")
 
     model = fsdp2(fresh())
     opt = FusedSGDW(model.parameters(), **decoupled)
