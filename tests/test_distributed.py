@@ -39,7 +39,8 @@ BACKENDS = available_backends("cpu")
 def _run_pair(tmp: Path) -> tuple[list[dict[str, str | None]], str]:
     """Runs dist_cases.py on WORLD_SIZE ranks; returns each rank's {case: traceback or None} and,
     when a rank failed or the pair timed out, both ranks' output for the failure message."""
-    env = dict(os.environ, DIST_CASES_TMP=str(tmp), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    # gloo on the loopback interface (127.0.0.1); one thread per rank, as two ranks share 2 cores.
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), *sys.path]))
     logs = [tmp / f"rank{r}.log" for r in range(WORLD_SIZE)]
     # A file store: the rendezvous needs no port; gloo's own connections take free ones on lo.
