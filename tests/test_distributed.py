@@ -36,15 +36,15 @@ HYPER = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
 BACKENDS = available_backends("cpu")
 
 
-def _run_pair(tmp: Path) -> tuple[list[dict[str, str | None]], str]:
-    """Runs dist_cases.py on WORLD_SIZE ranks; returns each rank's {case: traceback or None} and,
-    when a rank failed or the pair timed out, both ranks' output for the failure message."""
+def _run_pair(tmp: Path, script: Path = HERE / "dist_cases.py") -> tuple[list[dict[str, str | None]], str]:
+    """Runs `script` (dist_cases.py's command line) on WORLD_SIZE ranks; returns each rank's
+    {case: traceback or None} and, when a rank failed or the pair timed out, both ranks' output."""
     # gloo on the loopback interface (127.0.0.1); one thread per rank, as two ranks share 2 cores.
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), *sys.path]))
     logs = [tmp / f"rank{r}.log" for r in range(WORLD_SIZE)]
     # A file store: the rendezvous needs no port; gloo's own connections take free ones on lo.
-    cmd = [sys.executable, str(HERE / "dist_cases.py"), "", str(WORLD_SIZE), str(tmp / "store"), str(tmp)]
+    cmd = [sys.executable, str(script), "", str(WORLD_SIZE), str(tmp / "store"), str(tmp)]
     procs = []
     for rank, log in enumerate(logs):
         cmd[2] = str(rank)
@@ -86,6 +86,33 @@ def test_two_processes(pair, case):
             pytest.fail(f"rank {rank} did not run {case}\n{failure}")
         if result[case] is not None:
             pytest.fail(f"rank {rank}:\n{result[case]}")
+
+
+CRASH = """
+import sys
+from datetime import timedelta
+
+import torch.distributed as dist
+
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method=f"file://{sys.argv[3]}", rank=rank, world_size=int(sys.argv[2]),
+                        timeout=timedelta(seconds=60))
+if rank == 1:
+    raise RuntimeError("rank 1 crashed on purpose")
+dist.barrier()  # waits for the rank that is gone
+"""
+
+
+@pytest.mark.slow
+def test_a_crashed_rank_fails_the_pair_with_its_traceback(tmp_path):
+    """The harness itself: the crash is reported with its traceback, and the survivor fails rather
+    than waiting for it (its exit, not the pair's time limit, ends the run)."""
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH)
+    _, failure = _run_pair(tmp_path, script)
+    assert "rank 1 exited with 1" in failure
+    assert "RuntimeError: rank 1 crashed on purpose" in failure
+    assert "rank 0 exited with" in failure, failure
 
 
 # --- single process: torch.save / torch.load(weights_only=True) and the saved format -----------------------
