@@ -4,7 +4,7 @@ tensor parallelism and torch.distributed.checkpoint, on the CPU with gloo.
 `python dist_cases.py RANK WORLD_SIZE STORE_FILE OUT_DIR` runs every case in this process, one
 after the other, and writes `OUT_DIR/rank{RANK}.json` ({case: traceback or null}) after each, so a
 rank that dies still leaves what it did. One process pair for all cases: on a loaded 2-core machine
-a pair that runs a single case takes 34 s (imports, gloo set-up), one that runs all of them 40-50 s.
+a pair that runs a single case takes 34 s (imports, gloo set-up), one that runs all 44 about 70 s.
 """
 
 from __future__ import annotations
@@ -239,31 +239,36 @@ def case_dcp_fsdp2_to_torch_sgd_and_back(backend: str) -> None:
     assert_same(model, ref)
 
 
-def case_full_state_dict_fsdp2_to_torch_sgd_and_back() -> None:
+def case_full_state_dict_fsdp2_to_torch_sgd_and_back(backend: str) -> None:
     """As the DCP relay, through get/set_optimizer_state_dict(full_state_dict=True) in memory."""
     ref = DDP(fresh())
     train(ref, torch.optim.SGD(ref.parameters(), **HYPER), 6)
-    hops = [(fsdp2, partial(FusedSGDW, **HYPER)), (DDP, _loading(torch.optim.SGD)), (fsdp2, _loading(FusedSGDW))]
+    fused = partial(FusedSGDW, backend=backend, **HYPER)
+    hops = [(fsdp2, fused), (DDP, _loading(torch.optim.SGD)), (fsdp2, _loading(FusedSGDW, backend=backend))]
     model, _ = _relay(hops, carry=_through_full_state_dict)
     assert_same(model, ref)
 
 
-def case_dcp_tensor_parallel_to_fsdp2() -> None:
+def case_dcp_tensor_parallel_to_fsdp2(backend: str) -> None:
     """FusedSGDW on column/row-wise tensor parallel -> DCP -> torch.optim.SGD on FSDP2 (rows over ranks)
     -> DCP -> FusedSGDW on tensor parallel, every rank on the same batches: torch.optim.SGD's run."""
     ref = fsdp2(fresh())
     train(ref, torch.optim.SGD(ref.parameters(), **HYPER), 6, same_data=True)
-    fused = partial(FusedSGDW, **HYPER)
-    hops = [(tensor_parallel, fused), (fsdp2, _loading(torch.optim.SGD)), (tensor_parallel, _loading(FusedSGDW))]
+    fused = partial(FusedSGDW, backend=backend, **HYPER)
+    hops = [
+        (tensor_parallel, fused),
+        (fsdp2, _loading(torch.optim.SGD)),
+        (tensor_parallel, _loading(FusedSGDW, backend=backend)),
+    ]
     model, _ = _relay(hops, same_data=True)
     assert_same(model, ref)
 
 
-def case_dcp_decoupled() -> None:
+def case_dcp_decoupled(backend: str) -> None:
     """A decoupled FusedSGDW checkpoint loads into a decoupled FusedSGDW and continues the run; a
     torch.optim.SGD refuses it (through DCP and through full_state_dict) instead of running the decay
     as L2."""
-    decoupled = dict(HYPER, decoupled_weight_decay=True)
+    decoupled = dict(HYPER, decoupled_weight_decay=True, backend=backend)
     ref = fsdp2(fresh())
     train(ref, FusedSGDW(ref.parameters(), **decoupled), 4)
 
@@ -320,20 +325,21 @@ def case_torch_save_fsdp2_both_ways(backend: str) -> None:
 
 
 def _cases() -> dict[str, Callable[[], None]]:
-    cases: dict[str, Callable[[], None]] = {}
-    for b in BACKENDS:
-        cases[f"fsdp2-{b}"] = lambda b=b: case_fsdp2(b, nesterov=False)
-        cases[f"fsdp2-nesterov-{b}"] = lambda b=b: case_fsdp2(b, nesterov=True)
-        cases[f"tensor_parallel-{b}"] = lambda b=b: case_tensor_parallel(b)
-        cases[f"ddp-bucket_view-channels_last-{b}"] = lambda b=b: case_ddp(b, bucket_view=True, channels_last=True)
-        cases[f"dcp-fsdp2-to-torch_sgd-and-back-{b}"] = lambda b=b: case_dcp_fsdp2_to_torch_sgd_and_back(b)
-        cases[f"torch_save-fsdp2-both-ways-{b}"] = lambda b=b: case_torch_save_fsdp2_both_ways(b)
-    cases["ddp"] = lambda: case_ddp("auto", bucket_view=False, channels_last=False)
-    cases["zero"] = lambda: case_zero("auto")
-    cases["dcp-tensor_parallel-to-fsdp2"] = case_dcp_tensor_parallel_to_fsdp2
-    cases["full_state_dict-fsdp2-to-torch_sgd-and-back"] = case_full_state_dict_fsdp2_to_torch_sgd_and_back
-    cases["dcp-decoupled"] = case_dcp_decoupled
-    return cases
+    """Every case on every backend this machine has (the Triton kernel under its interpreter here)."""
+    per_backend = {
+        "fsdp2": partial(case_fsdp2, nesterov=False),
+        "fsdp2-nesterov": partial(case_fsdp2, nesterov=True),
+        "tensor_parallel": case_tensor_parallel,
+        "ddp": partial(case_ddp, bucket_view=False, channels_last=False),
+        "ddp-bucket_view-channels_last": partial(case_ddp, bucket_view=True, channels_last=True),
+        "zero": case_zero,
+        "dcp-fsdp2-to-torch_sgd-and-back": case_dcp_fsdp2_to_torch_sgd_and_back,
+        "dcp-tensor_parallel-to-fsdp2": case_dcp_tensor_parallel_to_fsdp2,
+        "full_state_dict-fsdp2-to-torch_sgd-and-back": case_full_state_dict_fsdp2_to_torch_sgd_and_back,
+        "dcp-decoupled": case_dcp_decoupled,
+        "torch_save-fsdp2-both-ways": case_torch_save_fsdp2_both_ways,
+    }
+    return {f"{name}-{b}": partial(case, b) for name, case in per_backend.items() for b in BACKENDS}
 
 
 CASES = _cases()
