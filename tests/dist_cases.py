@@ -4,7 +4,7 @@ tensor parallelism and torch.distributed.checkpoint, on the CPU with gloo.
 `python dist_cases.py RANK WORLD_SIZE STORE_FILE OUT_DIR` runs every case in this process, one
 after the other, and writes `OUT_DIR/rank{RANK}.json` ({case: traceback or null}) after each, so a
 rank that dies still leaves what it did. One process pair for all cases: on a loaded 2-core machine
-a pair that runs a single case takes 34 s (imports, gloo set-up), one that runs all 44 about 70 s.
+a pair that runs a single case takes 34 s (imports, gloo set-up), one that runs all 44 70-85 s.
 """
 
 from __future__ import annotations

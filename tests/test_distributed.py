@@ -26,7 +26,7 @@ from dist_cases import CASES
 from sgdw_helpers import FP32_TOL, assert_params_close, grad_stream, make_params, run_steps
 
 WORLD_SIZE = 2
-# The whole pair, imports included: about 70 s on 2 cores shared with other jobs (half of it imports);
+# The whole pair, imports included: 70-85 s on 2 cores shared with other jobs (about 35 s of CPU);
 # a hang is stopped well inside CI's 90 minutes.
 TIMEOUT_S = 600
 HERE = Path(__file__).parent
