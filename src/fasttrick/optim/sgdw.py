@@ -94,6 +94,7 @@ class FusedSGDW(Optimizer):
             if p.dtype not in _SUPPORTED_DTYPES:
                 raise TypeError(f"FusedSGDW supports float32, float16, bfloat16 and float64 parameters, got {p.dtype}")
         device = next(iter(devices))
+        group["lr"] = _lr_tensor(group["lr"], device)
         self._update_function(group["backend"], device.type)  # raises now if an explicit backend cannot run
 
     def _update_function(self, backend: str, device_type: str) -> Callable[..., None]:
@@ -166,9 +167,8 @@ class FusedSGDW(Optimizer):
         if not params:
             return
         device = params[0].device
-        lr = group["lr"]
-        if not isinstance(lr, Tensor) or lr.device != device:
-            lr = _lr_tensor(lr, device)  # TEMP (dist tests): a float lr stays a float in the group
+        if not isinstance(group["lr"], Tensor) or group["lr"].device != device:
+            group["lr"] = _lr_tensor(group["lr"], device)  # a float set by hand, or params moved
         if grad_scale is not None:
             grad_scale = grad_scale.to(device, non_blocking=True)
         if found_inf is not None:
@@ -211,7 +211,7 @@ class FusedSGDW(Optimizer):
                 ps,
                 gs,
                 bs,
-                lr,
+                group["lr"],
                 grad_scale,
                 found_inf,
                 group["momentum"],
