@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from ..ops import BACKENDS, momentum_dtype, resolve_backend
@@ -194,10 +193,10 @@ class FusedSGDW(Optimizer):
                     created.append(p)
                     first_step = True
             lists = launches[(p.dtype, first_step)]
-            lists[0].append(_local(p))
-            lists[1].append(_local(p.grad))
+            lists[0].append(p)
+            lists[1].append(p.grad)
             if has_momentum:
-                lists[2].append(_local(buf))
+                lists[2].append(buf)
 
         if created and found_inf is not None and found_inf.item() != 0:
             # The one host read: a skipped step must not leave the new (unwritten) buffers behind.
@@ -222,11 +221,6 @@ class FusedSGDW(Optimizer):
                 group["decoupled_weight_decay"],
                 first_step,
             )
-
-
-def _local(t: Tensor) -> Tensor:
-    """TEMP (dist tests): a DTensor's local shard, which the kernels update in place."""
-    return t._local_tensor if isinstance(t, DTensor) else t
 
 
 def _check_hyperparameters(group: dict[str, Any]) -> None:
