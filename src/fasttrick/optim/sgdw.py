@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 
 from ..ops import BACKENDS, momentum_dtype, resolve_backend, sgdw_reference_
 from ..ops.library import kernel_can_walk
+from .checkpoint import loaded_group, saved_group
 
 # The kernels' buffer dtype per param dtype (ops.momentum_dtype), as a dict: looked up per tensor per step.
 _BUFFER_DTYPE = {
@@ -128,7 +129,7 @@ class FusedSGDW(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        # Groups loaded from a torch.optim.SGD state_dict lack FusedSGDW's own keys.
+        # An optimizer pickled by an earlier FusedSGDW may lack keys added since.
         for group in self.param_groups:
             group.setdefault("maximize", False)
             group.setdefault("nesterov", False)
@@ -136,22 +137,38 @@ class FusedSGDW(Optimizer):
             group.setdefault("backend", self.defaults.get("backend", "auto"))
         self._backend_fns = getattr(self, "_backend_fns", {})  # not pickled state: resolved again on use
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state_dict, its param groups in torch.optim.SGD's format (see optim/checkpoint.py):
+        no ``backend``; decoupled decay under ``decoupled_weight_decay`` instead of ``weight_decay``."""
+        state = super().state_dict()
+        state["param_groups"] = [saved_group(group) for group in state["param_groups"]]
+        return state
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Loads a FusedSGDW or torch.optim.SGD state_dict.
+        """Loads a FusedSGDW or torch.optim.SGD state_dict; each group keeps this optimizer's backend.
 
         torch's loader casts every floating state tensor to its parameter's dtype, which would round
         an fp16/bf16 parameter's fp32 momentum buffer; the buffers are restored from the incoming
         state_dict at full precision afterwards.
         """
-        saved_ids = itertools.chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"FusedSGDW: the state_dict has {len(saved_groups)} param groups, this optimizer "
+                f"{len(self.param_groups)}; build the optimizer with the groups it was saved from"
+            )
+        groups = [loaded_group(s, g["backend"]) for s, g in zip(saved_groups, self.param_groups, strict=True)]
+        for group in groups:
+            _check_hyperparameters(group)
+        saved_ids = itertools.chain.from_iterable(g["params"] for g in saved_groups)
         current = itertools.chain.from_iterable(g["params"] for g in self.param_groups)
-        param_of = dict(zip(saved_ids, current, strict=True))
+        param_of = dict(zip(saved_ids, current, strict=False))  # sizes: checked by torch's loader
         buffers = {
             param_of[pid]: s["momentum_buffer"]
             for pid, s in state_dict["state"].items()
             if pid in param_of and isinstance(s.get("momentum_buffer"), Tensor)
         }
-        super().load_state_dict(state_dict)
+        super().load_state_dict({**state_dict, "param_groups": groups})
         for p, buf in buffers.items():
             self.state[p]["momentum_buffer"] = buf.to(device=p.device, dtype=_buffer_dtype(p), copy=True)
 
