@@ -10,12 +10,15 @@ cd "$(dirname "$0")/.."
 py="${1:-python3}"
 
 if [ -z "${CUDA_HOME:-}" ]; then
+  # The toolkit holding the nvcc on PATH; a bare nvcc copied outside its toolkit (as /usr/local/bin/nvcc on the
+  # dev machine) has no headers beside it, so /usr/local/cuda is the second candidate.
   nvcc_path="$(command -v nvcc || true)"
-  if [ -n "$nvcc_path" ]; then
-    CUDA_HOME="$(dirname "$(dirname "$(readlink -f "$nvcc_path")")")"
-  elif [ -x /usr/local/cuda/bin/nvcc ]; then
-    CUDA_HOME=/usr/local/cuda
-  fi
+  for candidate in ${nvcc_path:+"$(dirname "$(dirname "$(readlink -f "$nvcc_path")")")"} /usr/local/cuda; do
+    if [ -x "$candidate/bin/nvcc" ] && [ -f "$candidate/include/cuda_runtime.h" ]; then
+      CUDA_HOME="$candidate"
+      break
+    fi
+  done
 fi
 if [ -n "${CUDA_HOME:-}" ]; then
   export CUDA_HOME PATH="$CUDA_HOME/bin:$PATH"
@@ -24,18 +27,24 @@ else
   echo "build: no nvcc on PATH or in /usr/local/cuda: the CUDA extension is skipped"
 fi
 
-log() {
-  if [ -n "${BUILD_LOG_DIR:-}" ]; then echo "$BUILD_LOG_DIR/build-$1.log"; else echo /dev/stdout; fi
+# build <cpu|cuda> <env...>: setup.py build_ext --inplace for one extension, logged to $BUILD_LOG_DIR when set.
+build() {
+  local name="$1"
+  shift
+  if [ -n "${BUILD_LOG_DIR:-}" ]; then
+    env "$@" "$py" setup.py build_ext --inplace >"$BUILD_LOG_DIR/build-$name.log" 2>&1 && return 0
+    tail -n 20 "$BUILD_LOG_DIR/build-$name.log"
+    return 1
+  fi
+  env "$@" "$py" setup.py build_ext --inplace
 }
 status=0
-if ! FASTTRICK_SKIP_CUDA_EXT=1 "$py" setup.py build_ext --inplace >"$(log cpu)" 2>&1; then
-  echo "build: the CPU extension FAILED ($(log cpu))"
-  [ -n "${BUILD_LOG_DIR:-}" ] && tail -n 20 "$(log cpu)"
+if ! build cpu FASTTRICK_SKIP_CUDA_EXT=1; then
+  echo "build: the CPU extension FAILED"
   status=1
 fi
-if [ -n "${CUDA_HOME:-}" ] && ! FASTTRICK_SKIP_CPU_EXT=1 "$py" setup.py build_ext --inplace >"$(log cuda)" 2>&1; then
-  echo "build: the CUDA extension FAILED ($(log cuda))"
-  [ -n "${BUILD_LOG_DIR:-}" ] && tail -n 20 "$(log cuda)"
+if [ -n "${CUDA_HOME:-}" ] && ! build cuda FASTTRICK_SKIP_CPU_EXT=1; then
+  echo "build: the CUDA extension FAILED"
   [ "$status" = 0 ] && status=2
 fi
 ls src/fasttrick/_C*.so 2>/dev/null | sed 's/^/build: /'

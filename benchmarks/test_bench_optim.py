@@ -29,7 +29,6 @@ FLAT_NUMEL = 64 * 2**20 if DEVICE == "cuda" else 16 * 2**20
 ROUNDS = 50 if DEVICE == "cuda" else 20
 
 
-
 class _CompiledTorchSGD:
     """What a user tries before installing fasttrick: torch's SGD with a tensor lr (so a scheduler changing it
     does not recompile) and its step under torch.compile, as torch's "compiling the optimizer" recipe does."""
