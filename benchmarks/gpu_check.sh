@@ -89,14 +89,20 @@ table="$OUT/steps.txt"
 call_start=$(date +%s)
 [ -z "$one_step" ] && printf '%-15s %8s %8s %8s  %s\n' step budget_s limit_s seconds status >"$table"
 
-# step NAME DRY_LIMIT: runs the function NAME (in `gpu_check.sh --step NAME`) under timeout, with the real
-# budget or DRY_LIMIT in a dry run; logs to $logs/NAME.log, appends a row to the table, packs the logs and
-# prints the table.
+# step NAME DRY_LIMIT [RESERVE]: runs the function NAME (in `gpu_check.sh --step NAME`) under timeout, with
+# the real budget or DRY_LIMIT in a dry run; logs to $logs/NAME.log, appends a row to the table, packs the
+# logs and prints the table. With RESERVE, the step may also use what earlier steps left of the call's limit,
+# keeping RESERVE seconds for the steps after it (an estimate that was too high then buys a longer last step).
 failed=()
 step() {
-  local name="$1" dry_limit="$2" limit status start seconds rc
+  local name="$1" dry_limit="$2" reserve="${3:-}" limit status start seconds rc left
   limit="${BUDGETS[$name]}"
+  if [ -n "$reserve" ]; then
+    left=$((call_limit - ($(date +%s) - call_start) - reserve))
+    [ "$left" -gt "$limit" ] && limit="$left"
+  fi
   [ "$dry_run" = 1 ] && limit="$dry_limit"
+  export GPU_CHECK_STEP_LIMIT="$limit"
   printf '\n===== %s (limit %s s) =====\n' "$name" "$limit"
   start=$(date +%s)
   timeout --kill-after=5 "$limit" bash "$self" --step "$name" >"$logs/$name.log" 2>&1
@@ -176,7 +182,10 @@ build() {
 tests() {
   local selection=(tests -k "cuda or triton or gpu")
   [ "$dry_run" = 1 ] && selection=(tests/test_sgdw_op.py -k "opcheck or launch")
-  "$py" -m pytest "${selection[@]}" -q -p no:cacheprovider -n "${TEST_WORKERS:-4}"
+  # 4 processes share the GPU (pytest-xdist is on the device); a machine without xdist runs them in one.
+  local parallel=()
+  "$py" -c "import xdist" 2>/dev/null && parallel=(-n "${TEST_WORKERS:-4}")
+  "$py" -m pytest "${selection[@]}" -q -p no:cacheprovider "${parallel[@]}"
 }
 
 # bench FILE PYTEST-ARGS...: pytest-benchmark into $OUT/bench_FILE.json, then its table.
@@ -237,8 +246,8 @@ studies() {
     return
   fi
   for study in "${STUDIES[@]}"; do
-    # Each study gets what is left of this step's budget, less 5 s to stop inside the step's own timeout.
-    remaining=$((BUDGETS[studies] - 5 - ($(date +%s) - start)))
+    # Each study gets what is left of this step's limit, less 5 s to stop inside the step's own timeout.
+    remaining=$((GPU_CHECK_STEP_LIMIT - 5 - ($(date +%s) - start)))
     [ "$remaining" -gt 20 ] || break
     echo "study $study: up to $remaining s"
     timeout "$remaining" "$py" -m fasttrick.train --config "configs/$study.yaml" --out "$lease/studies/$study" \
@@ -265,6 +274,9 @@ fi
 for call in "${calls[@]}"; do
   echo "gpu_check: call $call$([ "$dry_run" = 1 ] && echo ' (dry run: CPU, shortened)')"
   printf '%-15s %8s %8s %8s  %s\n' "== call $call" "" "" "" "" >>"$table"
+  call_start=$(date +%s)
+  limit_var="CALL${call}_LIMIT"
+  call_limit="${!limit_var}"
   if [ "$call" = 1 ]; then
     step facts 120
     step build 900
@@ -275,11 +287,11 @@ for call in "${calls[@]}"; do
     if [ "$dry_run" = 1 ]; then
       skip bench_autotune "dry run: max-autotune is a CUDA-only variant"
     else
-      step bench_autotune 0
+      step bench_autotune 0 10 # last of call 1: its autotuning compile takes what the others left
     fi
   else
     step build_check 900
-    step studies 300
+    step studies 300 "${BUDGETS[report]}" # as many studies as the call's remaining time allows
     step report 120
   fi
 done

@@ -81,6 +81,11 @@ def main() -> None:
     machine = data.get("machine_info", {})
     benchmarks = data["benchmarks"]
     print(f"{machine.get('node', '?')} / {machine.get('cpu', {}).get('brand_raw', '?')} / {data.get('datetime', '?')}")
+    if "loadavg_start" in machine:
+        print(
+            f"load average (1/5/15 min) at start {machine['loadavg_start']}, at end {machine.get('loadavg_end', '?')}"
+            f" on {machine.get('cpu_count', '?')} cores"
+        )
     steps = step_rows(benchmarks)
     if steps:
         header = ["param set", "implementation", "median ms", "GB/s", "of copy", "vs fused", "vs foreach"]
