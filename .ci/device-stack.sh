@@ -19,8 +19,10 @@ _device_stack() {
   site="$venv/carried"
 
   py="$(command -v "python$DEVICE_PYTHON" 2>/dev/null)"
-  if ! "$py" --version >/dev/null 2>&1; then  # a pyenv shim that is not the global version fails here
-    py="$(ls -d "$(pyenv root 2>/dev/null)/versions/$DEVICE_PYTHON".*/bin/python"$DEVICE_PYTHON" 2>/dev/null | tail -n 1)"
+  if ! "$py" --version >/dev/null 2>&1 && [[ "$py" == */shims/* ]]; then
+    # A pyenv shim for a version that is installed but not selected fails; take that version's own binary
+    # (from the shim's folder, not `pyenv root`, which follows $HOME).
+    py="$(ls -d "${py%/shims/*}/versions/$DEVICE_PYTHON".*/bin/python"$DEVICE_PYTHON" 2>/dev/null | tail -n 1)"
   fi
   if ! "$py" --version >/dev/null 2>&1; then
     echo "device stack: python$DEVICE_PYTHON not found; install it (pyenv install $DEVICE_PYTHON) or put it on PATH"
