@@ -132,7 +132,7 @@ skip() {
 facts() {
   # shellcheck disable=SC1091
   . "$root/.ci/device-stack.env"
-  nvidia-smi || echo "nvidia-smi: not found (no GPU here)"
+  nvidia-smi 2>/dev/null || echo "nvidia-smi: not found (no GPU here)"
   echo "nvcc on PATH: $(command -v nvcc || echo none) $(nvcc --version 2>/dev/null | tail -n 2 | head -n 1)"
   "$py" - "$DEVICE_PYTHON" "$DEVICE_TORCH" "$DEVICE_TORCHVISION" "$DEVICE_TRITON" "$DEVICE_NUMPY_MAJOR" <<'EOF'
 import sys, time
@@ -182,9 +182,11 @@ build() {
 tests() {
   local selection=(tests -k "cuda or triton or gpu")
   [ "$dry_run" = 1 ] && selection=(tests/test_sgdw_op.py -k "opcheck or launch")
-  # 4 processes share the GPU (pytest-xdist is on the device); a machine without xdist runs them in one.
-  local parallel=()
-  "$py" -c "import xdist" 2>/dev/null && parallel=(-n "${TEST_WORKERS:-4}")
+  # 4 processes share the GPU (pytest-xdist is on the device; 2 on a 2-core dry run); a machine without
+  # xdist runs them in one.
+  local parallel=() workers=4
+  [ "$dry_run" = 1 ] && workers=2
+  "$py" -c "import xdist" 2>/dev/null && parallel=(-n "${TEST_WORKERS:-$workers}")
   "$py" -m pytest "${selection[@]}" -q -p no:cacheprovider "${parallel[@]}"
 }
 
