@@ -1,9 +1,12 @@
-"""Benchmark helpers: the device under test, a device sync for timed calls, and the copy-bandwidth ceiling.
+"""Benchmark helpers: the device under test, a device sync for timed calls, the copy-bandwidth ceiling, and
+the machine's load (/proc/loadavg) at the start and end of the session in the JSON's machine_info: a CPU
+figure from a shared machine means little without it.
 
 `python benchmarks/summarize.py bench.json` turns a `--benchmark-json` file into the comparison table."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -35,3 +38,23 @@ def copy_gbps() -> float:
         synchronize()
         times.append(time.perf_counter() - start)
     return 2 * src.nbytes / sorted(times)[len(times) // 2] / 1e9
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])  # 1, 5 and 15-minute load averages
+    except OSError:
+        return "unknown"
+
+
+_SESSION_START_LOAD = _loadavg()
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["loadavg_start"] = _SESSION_START_LOAD
+    machine_info["cpu_count"] = os.cpu_count()
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["machine_info"]["loadavg_end"] = _loadavg()

@@ -3,7 +3,8 @@
     python benchmarks/summarize.py bench.json [--markdown]
 
 Optimizer steps: median ms, useful GB/s (20 B/param), share of the copy bandwidth measured in the same
-run, and the speed-up over torch's fused and foreach SGD from the same run. Training steps: images/s and
+run, and the speed-up over torch's fused, foreach and compiled (tensor lr) SGD from the same run. The
+machine's load average at the start and end of the run is printed with them. Training steps: images/s and
 the speed-up over the plain-PyTorch baseline. Loaders: images/s.
 """
 
@@ -24,6 +25,7 @@ def step_rows(benchmarks: list[dict]) -> list[list[str]]:
     for param_set, impls in by_set.items():
         fused = impls.get("torch-fused", {}).get("stats", {}).get("median")
         foreach = impls.get("torch-foreach", {}).get("stats", {}).get("median")
+        compiled = impls.get("torch-compiled", {}).get("stats", {}).get("median")
         for impl, b in sorted(impls.items(), key=lambda kv: kv[1]["stats"]["median"]):
             median = b["stats"]["median"]
             info = b["extra_info"]
@@ -36,6 +38,7 @@ def step_rows(benchmarks: list[dict]) -> list[list[str]]:
                     f"{info['fraction_of_copy']:.0%}",
                     f"{fused / median:.2f}x" if fused else "-",
                     f"{foreach / median:.2f}x" if foreach else "-",
+                    f"{compiled / median:.2f}x" if compiled else "-",
                 ]
             )
     return rows
@@ -81,9 +84,23 @@ def main() -> None:
     machine = data.get("machine_info", {})
     benchmarks = data["benchmarks"]
     print(f"{machine.get('node', '?')} / {machine.get('cpu', {}).get('brand_raw', '?')} / {data.get('datetime', '?')}")
+    if "loadavg_start" in machine:
+        print(
+            f"load average (1/5/15 min) at start {machine['loadavg_start']}, at end {machine.get('loadavg_end', '?')}"
+            f" on {machine.get('cpu_count', '?')} cores"
+        )
     steps = step_rows(benchmarks)
     if steps:
-        header = ["param set", "implementation", "median ms", "GB/s", "of copy", "vs fused", "vs foreach"]
+        header = [
+            "param set",
+            "implementation",
+            "median ms",
+            "GB/s",
+            "of copy",
+            "vs fused",
+            "vs foreach",
+            "vs compiled",
+        ]
         print(render(header, steps, args.markdown))
     train = train_rows(benchmarks)
     if train:

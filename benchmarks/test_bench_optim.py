@@ -1,5 +1,6 @@
 """One optimizer step: FusedSGDW backends against torch.optim.SGD's for-loop, foreach and fused paths,
-on ResNet-18's parameter set (11.17 M params, 62 tensors) and a large flat set, all in one run.
+and torch.compile of torch's step with a tensor lr, on ResNet-18's parameter set (11.17 M params, 62 tensors)
+and a large flat set, all in one run.
 
     pytest benchmarks/test_bench_optim.py --benchmark-only
 
@@ -27,10 +28,22 @@ BYTES_PER_PARAM = 20
 FLAT_NUMEL = 64 * 2**20 if DEVICE == "cuda" else 16 * 2**20
 ROUNDS = 50 if DEVICE == "cuda" else 20
 
+
+class _CompiledTorchSGD:
+    """What a user tries before installing fasttrick: torch's SGD with a tensor lr (so a scheduler changing it
+    does not recompile) and its step under torch.compile, as torch's "compiling the optimizer" recipe does."""
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        hyper = dict(HYPER, lr=torch.tensor(HYPER["lr"], device=params[0].device))
+        self.optimizer = torch.optim.SGD(params, foreach=True, **hyper)
+        self.step = torch.compile(self.optimizer.step)
+
+
 IMPLEMENTATIONS = {
     "torch-forloop": lambda ps: torch.optim.SGD(ps, foreach=False, **HYPER),
     "torch-foreach": lambda ps: torch.optim.SGD(ps, foreach=True, **HYPER),
     "torch-fused": lambda ps: torch.optim.SGD(ps, fused=True, **HYPER),
+    "torch-compiled": _CompiledTorchSGD,
 }
 for _backend in available_backends(DEVICE):
     if _backend != "reference":  # the oracle is torch's for-loop, already timed above
