@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,12 +37,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..config import ConfigError, GridFile, RunConfig, config_warnings, describe_errors, load_yaml
+from ..config import (
+    PROFILE_DEFAULTS,
+    ConfigError,
+    GridFile,
+    RunConfig,
+    config_warnings,
+    describe_errors,
+    load_yaml,
+)
 
-PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "quick": {"train.epochs": 30},  # the default: <= 30 epochs a run, schedules given as shares keep their shape
-    "faithful": {"train.epochs": 200},  # the post's length (StepLR every 70 epochs = "35%")
-}
+# A grid is expanded in memory before anything runs: 10 axes of 10 values would be 10^10 runs. The
+# largest study (group2) has 30 runs; 10 000 leaves room for any real grid and bounds memory.
+MAX_RUNS = 10_000
 _BLOCKS_BY_NAME = ("optimizer", "scheduler")
 
 # Short labels for run names; "" shows the bare value (plateau "max", "val_acc").
@@ -258,6 +266,9 @@ def expand_grid(
 
     entries = spec.runs if spec.runs is not None else [{}]
     axes = list(spec.grid.items())
+    count = len(entries) * len(spec.seeds) * math.prod(len(values) for _, values in axes)
+    if count > MAX_RUNS:
+        raise ConfigError([f"the grid expands to {count:,} runs; at most {MAX_RUNS:,} (fewer axes or values)"])
     runs: list[tuple[str, dict[str, Any]]] = []
     for entry in entries:
         entry = dict(entry)

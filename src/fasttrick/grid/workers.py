@@ -10,7 +10,8 @@ The driver hands a run to whichever worker is idle and forwards the workers' log
 - GPUs: worker i sees GPU ``i % GPUs`` only (CUDA_VISIBLE_DEVICES), so N > GPUs packs several runs
   onto one GPU, after a measured check that they fit (fasttrick.grid.memory).
 - A worker that dies (killed, out of host memory) costs its run one retry, resumed from the run's
-  last checkpoint in a fresh worker; a second death marks the run failed. The rest go on.
+  last checkpoint in a fresh worker; a second death marks the run interrupted (a rerun resumes it
+  again: the cause was outside the run's code). The rest go on.
 - Workers die with the driver (Linux: PR_SET_PDEATHSIG), so a killed driver leaves no orphan
   writing into a run folder that the rerun resumes.
 """
@@ -30,13 +31,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..data import DataSourceError
-from ..engine import Interrupted, Session, read_status, write_status
+from ..engine import EpochHook, Interrupted, Session
 from . import memory
+from .execute import execute_run, mark_interrupted
 from .expand import GridRun
-from .runner import EpochHook, execute_run, mark_interrupted
 
 # A run whose worker died is retried this many times (resumed from its checkpoint), as Ray's
-# max_retries does for a task whose worker died; a run that kills its worker every time then fails.
+# max_retries does for a task whose worker died; a run that kills its worker every time then ends
+# interrupted, for a rerun to resume.
 WORKER_DEATH_RETRIES = 1
 POLL_SECONDS = 0.5
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -232,9 +234,9 @@ def run_in_workers(
                     waiting.appendleft(run)
                     worker.run = None
                 else:
-                    state = read_status(out / run.name) or {}
-                    write_status(out / run.name, "failed", state.get("epoch", 0), f"{reason}, {deaths[run.name]} times")
-                    finish(worker, "failed")
+                    message = f"{reason}, {deaths[run.name]} times; rerun the same command to resume"
+                    mark_interrupted(out / run.name, message)
+                    finish(worker, "interrupted")
                 pool[worker_id] = start(worker_id)
     finally:
         for worker in pool:
