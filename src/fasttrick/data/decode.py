@@ -33,8 +33,10 @@ from .cifar import (
 
 # The globals a CIFAR-10 batch pickle names: numpy's array reconstructors (the original files, written by
 # Python 2 numpy, use multiarray._reconstruct; numpy 2 renamed numpy.core to numpy._core, and pickles
-# with protocol 5 use _frombuffer), the array type and its dtype. Nothing else is ever looked up.
+# with protocol 5 use _frombuffer), the array type and its dtype, and _codecs.encode, which Python 3
+# protocol-2 pickles call to rebuild bytes from text. Each only builds data; nothing else is looked up.
 _ALLOWED_GLOBALS = {
+    ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.numeric", "_frombuffer"),

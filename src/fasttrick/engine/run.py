@@ -9,6 +9,7 @@ metrics, resume, divergence.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -60,8 +61,8 @@ def train_run(
 ) -> Outcome:
     """Train ``run`` in ``run_dir``, resuming from its checkpoint.pt if there is one.
 
-    Writes environment.json at the start; metrics.jsonl/.csv, checkpoint.pt and status.json
-    ("running", epoch) after every epoch. Returns the :class:`Outcome`; the caller (the grid)
+    Writes environment.json at the start; metrics.jsonl/.csv, checkpoint.pt and then status.json
+    ("running", the checkpoint's epoch) after every epoch. Returns the :class:`Outcome`; the caller (the grid)
     writes result.json and the final status.json from it. ``on_epoch_end(name, row)`` runs after each
     epoch's files are on disk (raise from it to stop the run there, as a kill would). A checkpoint of
     another config, or a damaged one, raises CheckpointError; a failed write raises StorageError.
@@ -95,8 +96,9 @@ def train_run(
                 return Outcome("diverged", rows, f"non-finite loss in epoch {epoch + 1}")
             parts.schedule.step(row)
             _write(run_dir / "metrics.jsonl", write_metrics, run_dir, rows)
-            _write(checkpoint_path, writer.submit, checkpoint_path, _checkpoint(parts, run, rt, epoch + 1, rows))
-            _write(run_dir / "status.json", write_status, run_dir, "running", epoch + 1)
+            # status.json names the epoch of the checkpoint on disk, so it is written after it, on the writer's thread.
+            done = functools.partial(_write, run_dir / "status.json", write_status, run_dir, "running", epoch + 1)
+            _write(checkpoint_path, writer.submit, checkpoint_path, _checkpoint(parts, run, rt, epoch + 1, rows), done)
             if on_epoch_end is not None:
                 _write(checkpoint_path, writer.wait)  # a hook that stops the run must find this epoch's checkpoint
                 on_epoch_end(name, row)
