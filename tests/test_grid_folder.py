@@ -32,7 +32,7 @@ TINY = {
     "train": {"epochs": 1, "device": "cpu", "compile": False},
 }
 CLI_TINY = [
-    *("--set", "train.epochs=1", "--set", "train.device=cpu", "--set", "model.width=0.0625"),
+    *("--set", "train.epochs=2", "--set", "train.device=cpu", "--set", "model.width=0.0625"),
     *("--set", "data.train_subset=256", "--set", "data.test_subset=128", "--set", "data.batch_size=128"),
     *("--only", "fused_sgdw-step-seed0", "--no-bar"),
 ]
@@ -140,13 +140,13 @@ def test_temp_files_of_a_killed_process_are_swept(session_data, tmp_path):
 
 
 def snapshot(out: Path) -> dict[str, tuple[int, int]]:
-    """(inode, mtime) of every file of the grid but the summary and plots, which a rerun rewrites, and the
-    lock's own files."""
+    """(inode, mtime) of every file of the grid but the summary, plots and diagnoses (write_summary rewrites
+    them on every rerun) and the lock's own files."""
     return {
         str(p.relative_to(out)): (p.stat().st_ino, p.stat().st_mtime_ns)
         for p in out.rglob("*")
         if p.is_file()
-        and p.name not in ("summary.md", "summary.csv")
+        and p.name not in ("summary.md", "summary.csv", "diagnosis.json")
         and "plots" not in p.parts
         and not p.name.startswith(".fasttrick-grid")
     }
