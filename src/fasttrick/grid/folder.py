@@ -1,7 +1,7 @@
 """The grid folder (``--out``): one writer at a time, what it may hold, and getting it ready to train.
 
-- **One writer.** :func:`lock_grid_folder` takes an exclusive lock on ``<out>/.fasttrick-grid.lock``
-  (``filelock``: ``flock(2)`` on Linux and macOS) before anything in the folder is read or written,
+- **One writer.** :func:`lock_grid_folder` takes an exclusive ``flock(2)`` on ``<out>/.fasttrick-grid.lock``
+  before anything in the folder is read or written,
   and the grid holds it until it ends, whichever backend trains (workers and Ray tasks write under
   their driver's lock). A second trainer on the same folder, ``--fresh`` included, stops before
   touching anything, naming the holder (pid, host, start time) from ``.fasttrick-grid.holder.json``.
@@ -9,7 +9,9 @@
   shared filesystem the lock is only as good as the filesystem's own locking. Linux NFS clients map
   ``flock`` to NFS byte-range locks, which hold across machines (NFSv4, or v3 with lockd); a mount
   with ``nolock``/``local_lock``, Lustre without ``-o flock``, and some FUSE filesystems lock per
-  machine only, so there start one trainer per grid folder yourself.
+  machine only, so there start one trainer per grid folder yourself. (``flock`` itself, not the
+  ``filelock`` package: filelock 4 falls back to a lock file's mere existence where ``flock`` is
+  missing, which a kill -9 leaves locked, and reports a read-only lock file as contention.)
 - **A read-only folder** (a finished grid from elsewhere, a read-only mount) is not locked: nothing
   in it can change. Rerunning a finished grid there reads it and writes nothing; a grid with runs to
   train stops with :class:`GridFolderError`.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -30,8 +33,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from filelock import FileLock, Timeout
 
 from ..config import ConfigError, dump_yaml, first_difference, load_yaml
 from ..config.errors import clip
@@ -63,21 +64,22 @@ class GridFolderError(RuntimeError):
 
 
 class GridLock:
-    """The held lock of a grid folder (``writable`` False: a read-only folder, nothing held)."""
+    """The held lock of a grid folder: an open descriptor with an exclusive flock (``writable`` False: a
+    read-only folder, nothing held)."""
 
-    def __init__(self, out: Path, lock: FileLock | None):
+    def __init__(self, out: Path, fd: int | None):
         self.out = out
-        self._lock = lock
+        self._fd = fd
 
     @property
     def writable(self) -> bool:
-        return self._lock is not None
+        return self._fd is not None
 
     def release(self) -> None:
-        if self._lock is not None:
+        if self._fd is not None:
             (self.out / HOLDER_NAME).unlink(missing_ok=True)
-            self._lock.release()
-            self._lock = None
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
 
     def __enter__(self) -> GridLock:
         return self
@@ -95,18 +97,23 @@ def lock_grid_folder(out: Path) -> GridLock:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise GridFolderError(f"--out {out}: cannot create the folder ({err.strerror}); choose another --out") from err
-    lock = FileLock(out / LOCK_NAME, timeout=0)
     try:
-        lock.acquire()
-    except Timeout:
-        raise GridFolderError(
-            f"--out {out} is in use by another trainer ({_describe_holder(out)}); wait for it to end, or use "
-            "another --out"
-        ) from None
+        fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as err:
         if err.errno in _READ_ONLY:
             return GridLock(out, None)
+        raise GridFolderError(f"--out {out}: cannot open its lock file ({err.strerror})") from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise GridFolderError(
+                f"--out {out} is in use by another trainer ({_describe_holder(out)}); wait for it to end, or use "
+                "another --out"
+            ) from None
         raise GridFolderError(f"--out {out}: cannot lock the folder ({err.strerror})") from err
+    lock = GridLock(out, fd)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     try:
         write_json(out / HOLDER_NAME, {"pid": os.getpid(), "host": socket.gethostname(), "started": started})
@@ -115,7 +122,7 @@ def lock_grid_folder(out: Path) -> GridLock:
         if err.errno in _READ_ONLY:
             return GridLock(out, None)
         raise GridFolderError(f"--out {out}: cannot write to the folder ({err.strerror})") from err
-    return GridLock(out, lock)
+    return lock
 
 
 def _describe_holder(out: Path) -> str:
