@@ -5,7 +5,10 @@ No training here: everything runs in well under a second.
 
 from __future__ import annotations
 
+import time
+import tracemalloc
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -157,6 +160,19 @@ BAD_CASES = {
     "bad --set key": (GOOD, ["optimizer.lrr=0.1"], ["optimizer.lrr", "did you mean 'lr'"]),
     "bad --set syntax": (GOOD, ["optimizer.lr"], ["--set", "key=value"]),
     "bad --only": (GOOD, [], ["--only", "matches no run"]),
+    "infinite lr": (GOOD, ["optimizer.lr=.inf"], ["optimizer.lr", "finite number", "inf"]),
+    "NaN weight decay": (GOOD, ["optimizer.weight_decay=.nan"], ["optimizer.weight_decay", "finite number"]),
+    "batch larger than the subset": (
+        GOOD,
+        ["data.train_subset=100", "data.batch_size=128"],
+        ["data.batch_size 128 is larger than the 100 training images", "every run"],
+    ),
+    "batch larger than CIFAR-10": (GOOD, ["data.batch_size=60000"], ["larger than the 50000 training images"]),
+    "YAML alias": (
+        "shared: &s {lr: 0.1}\n" + GOOD.replace("momentum: 0.9}", "momentum: 0.9, <<: *s}"),
+        [],
+        ["aliases"],
+    ),
 }
 
 
@@ -229,3 +245,60 @@ def test_dry_run_profile_and_device_flags(capsys):
     assert "step(every 11, x0.1)" in capsys.readouterr().out  # quick: 35% of 30 epochs
     grid = load_grid(CONFIGS / "group1.yaml", device="cpu", epochs=10)
     assert {(r.config.train.device, r.config.train.epochs) for r in grid.runs} == {("cpu", 10)}
+
+
+ALIAS_BOMB = """\
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+base:
+  optimizer: {name: sgd}
+grid:
+  optimizer.lr: *h
+"""
+
+
+def test_a_yaml_alias_bomb_fails_fast_small_and_lean(tmp_path, capsys):
+    config = tmp_path / "bomb.yaml"
+    config.write_text(ALIAS_BOMB)
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        assert main(["--config", str(config), "--out", str(tmp_path / "out")]) == 2
+    finally:
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    err = capsys.readouterr().err
+    assert "aliases (*a) are not accepted" in err and "line 2" in err
+    assert len(err) < 2_000 and seconds < 5 and peak < 20 * 2**20, (len(err), seconds, peak)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_config_error_is_bounded():
+    many_bad = {"base": {"optimizer": {"name": "sgd"}}, "grid": {"optimizer.lr": [-float(i) for i in range(1, 500)]}}
+    with pytest.raises(ConfigError) as err:
+        expand_grid(many_bad)
+    assert len(err.value.problems) == 41 and err.value.problems[-1] == "... and 459 more problems"
+    huge_value = {"base": {"train": {"epochs": "x" * 1_000_000}}}
+    with pytest.raises(ConfigError) as err:
+        expand_grid(huge_value)
+    assert len(str(err.value)) < 1_000
+    too_many = {"grid": {f"k{i}": list(range(10)) for i in range(10)}}
+    with pytest.raises(ConfigError, match="expands to 10,000,000,000 runs; at most 10,000"):
+        expand_grid(too_many)
+
+
+def test_names_defined_once_agree_with_their_owners():
+    """config imports no torch, so it spells out FusedSGDW's backends and CIFAR-10's size; these tie them."""
+    from fasttrick.config.schema import CIFAR10_TRAIN_IMAGES, FusedSGDWConfig
+    from fasttrick.data import NUM_TRAIN
+    from fasttrick.ops import BACKENDS
+
+    assert get_args(FusedSGDWConfig.model_fields["backend"].annotation) == BACKENDS
+    assert CIFAR10_TRAIN_IMAGES == NUM_TRAIN

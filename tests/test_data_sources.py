@@ -3,6 +3,7 @@ bad source gets its own message, and the cache notices stale and corrupt files. 
 
 from __future__ import annotations
 
+import os
 import pickle
 import tarfile
 import urllib.error
@@ -16,6 +17,7 @@ from PIL import Image
 
 import fasttrick.data as data_pkg
 from fasttrick.data import DataSourceError, build_loader, load_cifar10
+from fasttrick.data import decode as src_decode
 from fasttrick.data import sources as src
 from fasttrick.data.sources import Cifar10, Source
 
@@ -206,6 +208,42 @@ def test_incomplete_batches(tmp_path, tiny):
     (batches / "data_batch_5").write_bytes(b"\x80\x04garbage")
     with pytest.raises(DataSourceError, match="data_batch_5 is damaged"):
         load_cifar10(batches)
+
+
+class Payload:
+    """Pickles as a call of os.mkdir(marker): an unpickler that runs code leaves the marker behind."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.mark.parametrize("where", ["batch", "meta", "python archive"])
+def test_a_planted_batch_payload_is_refused_unrun(tmp_path, tiny, where):
+    batches = write_python_batches(tmp_path / "cifar-10-batches-py", tiny)
+    name = "batches.meta" if where == "meta" else "data_batch_3"
+    planted = pickle.loads((batches / name).read_bytes())
+    planted[b"label_names" if where == "meta" else b"labels"].append(Payload(tmp_path / "ran"))
+    (batches / name).write_bytes(pickle.dumps(planted))
+    source = batches
+    if where == "python archive":
+        source = write_tar(tmp_path / "cifar-10-python.tar.gz", batches, "cifar-10-batches-py")
+    with pytest.raises(DataSourceError, match=rf"{name} is damaged or not a CIFAR-10 batch .*names (posix|os)\.mkdir"):
+        load_cifar10(source)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_real_batches_unpickle_as_before(tmp_path, tiny):
+    """The restricted unpickler admits the original files' numpy arrays (protocol 2 and 5 alike)."""
+    for protocol in (2, 5):
+        folder = tmp_path / f"p{protocol}"
+        folder.mkdir()
+        rows = tiny.train_images.transpose(0, 3, 1, 2).reshape(len(tiny.train_images), -1)
+        (folder / "b").write_bytes(pickle.dumps({b"data": rows, b"labels": [1, 2]}, protocol=protocol))
+        batch = src_decode._unpickle((folder / "b").read_bytes(), "b")
+        assert np.array_equal(batch[b"data"], rows) and batch[b"labels"] == [1, 2]
 
 
 def test_well_formed_but_not_the_full_set(tmp_path, tiny):

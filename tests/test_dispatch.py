@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fasttrick import BackendFallbackWarning, BackendUnavailableError, FusedSGDW
-from fasttrick.env import environment_report
+from fasttrick.environment import environment_report
 from fasttrick.ops import dispatch
 from fasttrick.ops.foreach import sgdw_foreach_
 from fasttrick.ops.reference import sgdw_reference_

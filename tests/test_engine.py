@@ -3,7 +3,11 @@ and kill-and-resume equality. Synthetic data and a 1/16-width ResNet-18 keep eac
 
 from __future__ import annotations
 
+import errno
+import importlib
+import io
 import json
+import os
 import re
 import time
 import warnings
@@ -14,9 +18,10 @@ import torch
 from torch.optim import lr_scheduler
 
 from fasttrick import FusedSGDW
-from fasttrick.config import RunConfig
+from fasttrick.config import ConfigError, RunConfig
 from fasttrick.data import Cifar10
 from fasttrick.engine import (
+    CheckpointError,
     EpochSchedule,
     Interrupted,
     Session,
@@ -24,6 +29,7 @@ from fasttrick.engine import (
     current_lr,
     lr_sequence,
     resolve_runtime,
+    train_run,
 )
 from fasttrick.grid import expand_grid, run_grid
 
@@ -380,3 +386,147 @@ def test_autocast_precisions_train_and_checkpoint_the_scaler(synthetic, tmp_path
     else:
         assert checkpoint["scaler"] is None
     assert json.loads((tmp_path / "seed0" / "environment.json").read_text())["precision"] == precision
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: nothing in one runs code; only its own config resumes from it; a bad one is named
+# ---------------------------------------------------------------------------------------------
+
+
+class Payload:
+    """Pickles as a call of os.mkdir(marker): a loader that runs code leaves the marker behind."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+ONE_EPOCH = {**TINY, "train": {**TINY["train"], "epochs": 1}}
+
+
+@pytest.fixture(scope="module")
+def finished_runs(synthetic, tmp_path_factory):
+    """One-epoch runs (fused_sgdw lr 0.05 and adamw), their checkpoints to copy into other run folders."""
+    out = tmp_path_factory.mktemp("finished")
+    grid = expand_grid(
+        {"base": ONE_EPOCH, "runs": [{"name": "sgd"}, {"name": "adamw", "optimizer": {"name": "adamw"}}]}
+    )
+    assert set(run_grid(grid, out, session=quiet_session(synthetic), summary=False).values()) == {"finished"}
+    return out
+
+
+def plant(run_dir, data: bytes):
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint.pt").write_bytes(data)
+
+
+def test_a_planted_checkpoint_payload_is_refused_unrun(synthetic, finished_runs, tmp_path):
+    state = torch.load(finished_runs / "sgd-seed0" / "checkpoint.pt", weights_only=True)
+    state["rows"].append(Payload(tmp_path / "ran"))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    plant(tmp_path / "out" / "sgd-seed0", buffer.getvalue())
+    grid = expand_grid({"base": ONE_EPOCH, "runs": [{"name": "sgd"}]})
+    with pytest.raises(ConfigError) as err:
+        run_grid(grid, tmp_path / "out", session=quiet_session(synthetic), summary=False)
+    assert not (tmp_path / "ran").exists()
+    assert f"checkpoint {tmp_path / 'out' / 'sgd-seed0' / 'checkpoint.pt'} holds objects other than tensors" in str(
+        err.value
+    )
+    with pytest.raises(CheckpointError, match="refused unread"):  # the engine's own load refuses it too
+        train_run(grid.runs[0].config, tmp_path / "out" / "sgd-seed0", quiet_session(synthetic))
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize(
+    "source, target, difference",
+    [
+        ("sgd-seed0", {"base": {"optimizer": {**TINY["optimizer"], "lr": 0.1}}}, "optimizer.lr: 0.05 -> 0.1"),
+        ("sgd-seed0", {"seeds": [7]}, "seed: 0 -> 7"),
+        ("adamw-seed0", {}, "optimizer.name: 'adamw' -> 'fused_sgdw'"),  # not KeyError: 'momentum'
+    ],
+)
+def test_a_checkpoint_resumes_only_the_config_it_records(
+    synthetic, finished_runs, tmp_path, source, target, difference
+):
+    grid = expand_grid({"base": {**ONE_EPOCH, **target.get("base", {})}, "seeds": target.get("seeds", [0])})
+    (run,) = grid.runs
+    path = tmp_path / "out" / run.name / "checkpoint.pt"
+    plant(path.parent, (finished_runs / source / "checkpoint.pt").read_bytes())
+    with pytest.raises(ConfigError) as err:
+        run_grid(grid, tmp_path / "out", session=quiet_session(synthetic), summary=False)
+    assert f"checkpoint {path} was written by another config ({difference})" in str(err.value)
+    assert not (path.parent / "metrics.jsonl").exists()  # refused before anything trained
+    with pytest.raises(CheckpointError, match=re.escape(difference)):
+        train_run(run.config, path.parent, quiet_session(synthetic))
+
+
+def test_a_truncated_checkpoint_is_named(synthetic, finished_runs, tmp_path):
+    data = (finished_runs / "sgd-seed0" / "checkpoint.pt").read_bytes()
+    plant(tmp_path / "out" / "sgd-seed0", data[: len(data) // 2])
+    grid = expand_grid({"base": ONE_EPOCH, "runs": [{"name": "sgd"}]})
+    with pytest.raises(
+        ConfigError, match=re.escape(f"checkpoint {tmp_path / 'out' / 'sgd-seed0' / 'checkpoint.pt'} is damaged")
+    ):
+        run_grid(grid, tmp_path / "out", session=quiet_session(synthetic), summary=False)
+
+
+def test_checkpoints_hold_only_what_weights_only_loading_admits(finished_runs):
+    for run in ("sgd-seed0", "adamw-seed0"):
+        state = torch.load(finished_runs / run / "checkpoint.pt", weights_only=True)
+        assert state["epoch"] == 1 and state["config"]["optimizer"]["name"] in ("fused_sgdw", "adamw")
+
+
+# ---------------------------------------------------------------------------------------------
+# A write that fails (disk full, I/O error) interrupts the run, and a rerun resumes it
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target, file, error",
+    [
+        ("fasttrick.engine.io.save_torch", "checkpoint.pt", errno.ENOSPC),  # the background checkpoint writer
+        ("fasttrick.engine.run.write_metrics", "metrics.jsonl", errno.EIO),
+    ],
+)
+def test_a_failed_write_interrupts_the_run_and_a_rerun_resumes_it(
+    synthetic, tmp_path, monkeypatch, target, file, error
+):
+    config = {**TINY, "train": {**TINY["train"], "deterministic": True}}
+    grid = expand_grid({"base": config})
+    assert run_grid(grid, tmp_path / "whole", session=quiet_session(synthetic), summary=False) == {"seed0": "finished"}
+
+    module, name = target.rsplit(".", 1)
+    real = getattr(importlib.import_module(module), name)
+    calls = []
+
+    def fails_in_epoch_2(*args):
+        calls.append(args)
+        if len(calls) == 3:  # metrics: 0 rows, epoch 1, epoch 2; checkpoint: epoch 1, epoch 2 (+1 spare)
+            raise OSError(error, os.strerror(error))
+        return real(*args)
+
+    if file == "checkpoint.pt":
+        calls.append(None)  # the checkpoint writer is first called after epoch 1
+    monkeypatch.setattr(target, fails_in_epoch_2)
+    lines: list[str] = []
+    out = tmp_path / "out"
+    assert run_grid(grid, out, session=quiet_session(synthetic, lines), summary=False) == {"seed0": "interrupted"}
+    state = json.loads((out / "seed0" / "status.json").read_text())
+    assert state["status"] == "interrupted" and state["epoch"] == 1
+    assert f"cannot write {out / 'seed0' / file}: {os.strerror(error)} ({errno.errorcode[error]})" in state["message"]
+    monkeypatch.undo()
+
+    lines.clear()
+    assert run_grid(grid, out, session=quiet_session(synthetic, lines), summary=False) == {"seed0": "finished"}
+    assert "[seed0] resuming after epoch 1" in "\n".join(lines)
+
+    def rows(folder):
+        return [
+            {k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+            for line in (folder / "seed0" / "metrics.jsonl").read_text().splitlines()
+        ]
+
+    assert rows(out) == rows(tmp_path / "whole")

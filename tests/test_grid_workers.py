@@ -102,12 +102,20 @@ class EpochLog:
     """An on_epoch_end hook that pickles into worker processes. After every epoch it records (run, pid,
     epoch start and end) in ``path``. After epoch 1 it waits (at most 60 s) until ``meet`` processes have
     recorded an epoch, which proves that many train at once; and, once for the named run, SIGKILLs its
-    process, raises, or stops it."""
+    process, raises, or stops it; ``kill_every_epoch`` SIGKILLs the named run's process after every epoch."""
 
     def __init__(
-        self, path: Path, *, meet=1, kill: str | None = None, fail: str | None = None, stop: str | None = None
+        self,
+        path: Path,
+        *,
+        meet=1,
+        kill: str | None = None,
+        fail: str | None = None,
+        stop: str | None = None,
+        kill_every_epoch: str | None = None,
     ):
         self.path, self.meet, self.kill, self.fail, self.stop = Path(path), meet, kill, fail, stop
+        self.kill_every_epoch = kill_every_epoch
 
     def __call__(self, name: str, row: dict) -> None:
         now = time.time()
@@ -120,6 +128,8 @@ class EpochLog:
                 time.sleep(0.05)
             with self.path.open("a") as f:  # the wait is part of this process's busy span
                 f.write(json.dumps({**record, "start": time.time(), "end": time.time()}) + "\n")
+        if name == self.kill_every_epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
         once = self.path.with_name(f"{self.path.name}.{name}.done")
         if row["epoch"] != 1 or name not in (self.kill, self.fail, self.stop) or once.exists():
             return
@@ -206,8 +216,24 @@ def test_a_failed_run_is_reported_skipped_on_rerun_and_restarted_on_request(
 
     assert main([*argv, "--restart-failed"]) == 0
     printed = capsys.readouterr().out
-    assert "[1/1] fused_sgdw-step-seed0" in printed and "resuming" not in printed  # from scratch
+    # Its own checkpoint (the same config) is kept: the restart resumes after epoch 1, to the same metrics.
+    assert "[1/1] fused_sgdw-step-seed0" in printed and "[fused_sgdw-step-seed0] resuming after epoch 1" in printed
     assert_same_metrics(out, reference)
+
+
+def test_a_worker_killed_twice_leaves_its_run_interrupted_and_a_rerun_resumes_it(reference, tmp_path, capsys):
+    out, run = tmp_path / "out", "fused_sgdw-step-seed0"
+    hook = EpochLog(tmp_path / "epochs.jsonl", kill_every_epoch=run)
+    statuses = run_grid(tiny_grid(), out, only=[run], workers=2, on_epoch_end=hook, session=Session(log=lambda _: None))
+    assert statuses == {run: "interrupted"}
+    state = json.loads((out / run / "status.json").read_text())
+    assert state["status"] == "interrupted" and state["epoch"] == 2  # the second death came after epoch 2
+    assert "killed by SIGKILL, 2 times; rerun the same command to resume" in state["message"]
+
+    argv = ["--config", str(SMOKE), "--out", str(out), *CLI_TINY, "--only", run, "--workers", "2"]
+    assert main(argv) == 0
+    assert f"[{run}] resuming after epoch 2" in capsys.readouterr().out
+    assert_same_metrics(out, reference, runs=[run])
 
 
 def test_packing_that_does_not_fit_the_gpu_is_refused_before_anything_is_written(

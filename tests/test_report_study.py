@@ -188,7 +188,7 @@ def test_runner_writes_diagnosis_json_when_a_run_ends(tmp_path, monkeypatch):
     """The runner's run-end path, with training replaced by a canned outcome (the trainer is tested elsewhere)."""
     swinging = metrics([0.3, 0.45, 0.55] + [0.62 + (0.08 if e % 2 else -0.06) for e in range(17)])
     monkeypatch.setattr(
-        "fasttrick.grid.runner.train_run", lambda *args, **kwargs: Outcome(status="finished", rows=swinging)
+        "fasttrick.grid.execute.train_run", lambda *args, **kwargs: Outcome(status="finished", rows=swinging)
     )
     grid = load_grid(REPO / "configs" / "smoke.yaml")
     run_grid(grid, tmp_path, only=[grid.runs[0].name], session=Session(log=lambda line: None), summary=False)

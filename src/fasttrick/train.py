@@ -12,6 +12,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+from .config import PROFILE_DEFAULTS
+from .grid.options import BACKENDS
+
 EXAMPLES = """\
 examples:
   python -m fasttrick.train --config configs/smoke.yaml                    # CPU, < 2 minutes
@@ -32,8 +35,10 @@ Epoch counts of schedules take whole epochs (70) or a share of the run ("35%").
 A rerun skips finished runs, resumes interrupted ones, and reports failed ones (--restart-failed
 starts them over).
 
-exit status: 0 all selected runs finished or diverged; 1 a run failed; 2 bad config or arguments, or
-runs that would not fit the GPU's memory; 130 interrupted (rerun the same command to resume).
+exit status: 0 all selected runs finished or diverged; 1 a run failed or was interrupted (disk full, a
+worker killed twice: rerun the same command to resume); 2 bad config or arguments, an unusable --out
+(a file, read-only with runs to train, held by another trainer, a malformed run file), or runs that
+would not fit the GPU's memory; 130 interrupted (rerun the same command to resume).
 """
 
 
@@ -55,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--profile",
-        choices=("quick", "faithful"),
+        choices=tuple(PROFILE_DEFAULTS),
         default="quick",
         help="quick (default): <= 30 epochs a run, schedules scaled to keep the post's shape; "
         "faithful: the post's 200 epochs (StepLR every 70)",
@@ -100,7 +105,7 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--backend",
-        choices=("local", "ray"),
+        choices=BACKENDS,
         default="local",
         help='local (default) or ray: one Ray task per run (pip install "fasttrick[ray]"); on a cluster '
         "--out must be a filesystem every node shares",
@@ -175,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DataSourceError
     from .engine import Interrupted
+    from .engine import CheckpointError
     from .grid import load_grid
+    from .grid.folder import GridFolderError
     from .grid.memory import DoesNotFit
     from .grid.ray_backend import RayUnavailable
 
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path("runs") / args.config.stem
         selected = grid.select(args.only)
         if args.dry_run:
-            from .grid import check_out_folder
+            from .grid.folder import check_out_folder
 
             check_out_folder(selected, out, args.fresh)
             print(describe(grid, selected, out))
@@ -213,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return 2
-    except (DoesNotFit, RayUnavailable) as err:
+    except (DoesNotFit, RayUnavailable, GridFolderError, CheckpointError) as err:
         print(f"refused: {err}", file=sys.stderr)
         return 2
     except DataSourceError as err:
@@ -224,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
     print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    return 1 if "failed" in statuses.values() else 0
+    if "interrupted" in statuses.values():
+        print("interrupted runs resume from their last checkpoint: rerun the same command", file=sys.stderr)
+    return 1 if {"failed", "interrupted"} & set(statuses.values()) else 0
 
 
 if __name__ == "__main__":

@@ -48,12 +48,15 @@ import os
 import torch
 
 from .plan import PAD, EpochPlan, training_plan
-from .sources import CACHE_ENV, DATA_ENV, Cifar10, DataSourceError, load_cifar10
+from .sources import CACHE_ENV, DATA_ENV, IMAGE_SHAPE, NUM_TEST, NUM_TRAIN, Cifar10, DataSourceError, load_cifar10
 from .torch_loader import TorchLoader
 
 __all__ = [
     "CACHE_ENV",
     "DATA_ENV",
+    "IMAGE_SHAPE",
+    "NUM_TEST",
+    "NUM_TRAIN",
     "PAD",
     "Cifar10",
     "DataSourceError",

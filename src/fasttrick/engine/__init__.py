@@ -1,4 +1,4 @@
-"""ONE training run: model, optimizer and schedule from a RunConfig, the loop, eval, checkpoints, metrics.
+"""ONE training run: model, optimizer and schedule from a RunConfig, the loop, eval, checkpoint, metrics.
 
     from fasttrick.engine import Session, train_run
     session = Session()                      # shared by every run of the process (data, compiled model)
@@ -7,22 +7,30 @@
 Grids of runs, run folders and the CLI live a floor up, in fasttrick.grid and fasttrick.train.
 """
 
-from .io import atomic_write, read_status, write_json, write_metrics, write_status
+from .checkpoint import CHECKPOINT, CheckpointError, StorageError, config_mismatch, read_checkpoint, writing
+from .io import atomic_write, read_json, read_status, write_json, write_metrics, write_status
 from .optimizers import build_optimizer
-from .run import CHECKPOINT, Interrupted, Outcome, Runtime, Session, reinitialize, resolve_runtime, train_run
+from .run import EpochHook, Interrupted, Outcome, train_run
 from .schedules import EpochSchedule, current_lr, lr_sequence
+from .session import Runtime, Session, reinitialize, resolve_runtime
 
 __all__ = [
     "CHECKPOINT",
+    "CheckpointError",
+    "EpochHook",
     "EpochSchedule",
     "Interrupted",
     "Outcome",
     "Runtime",
     "Session",
+    "StorageError",
     "atomic_write",
     "build_optimizer",
+    "config_mismatch",
     "current_lr",
     "lr_sequence",
+    "read_checkpoint",
+    "read_json",
     "read_status",
     "reinitialize",
     "resolve_runtime",
@@ -30,4 +38,5 @@ __all__ = [
     "write_json",
     "write_metrics",
     "write_status",
+    "writing",
 ]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,12 +37,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..config import ConfigError, GridFile, RunConfig, config_warnings, describe_errors, load_yaml
+from ..config import (
+    PROFILE_DEFAULTS,
+    ConfigError,
+    GridFile,
+    RunConfig,
+    config_warnings,
+    describe_errors,
+    load_yaml,
+)
 
-PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "quick": {"train.epochs": 30},  # the default: <= 30 epochs a run, schedules given as shares keep their shape
-    "faithful": {"train.epochs": 200},  # the post's length (StepLR every 70 epochs = "35%")
-}
+# A grid is expanded in memory before anything runs: 10 axes of 10 values would be 10^10 runs. The
+# largest study (group2) has 30 runs; 10 000 leaves room for any real grid and bounds memory.
+MAX_RUNS = 10_000
 _BLOCKS_BY_NAME = ("optimizer", "scheduler")
 
 # Short labels for run names; "" shows the bare value (plateau "max", "val_acc").
@@ -256,8 +264,27 @@ def expand_grid(
     if device is not None:
         cli.append(("train.device", device))
 
+    runs = _layer(spec, profile, cli)
+    validated, problems, notes = _validate(runs)
+    if problems:
+        raise ConfigError([_with_runs(line, names, len(runs)) for line, names in problems.items()])
+    return Grid(
+        name=spec.name or name,
+        profile=profile,
+        runs=validated,
+        source=source,
+        overrides=list(overrides),
+        warnings=[_with_runs(n, names, len(runs)) for n, names in notes.items()],
+    )
+
+
+def _layer(spec: GridFile, profile: str, cli: list[tuple[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(run name, layered partial config) for every run of the grid, in the layer order of the docstring."""
     entries = spec.runs if spec.runs is not None else [{}]
     axes = list(spec.grid.items())
+    count = len(entries) * len(spec.seeds) * math.prod(len(values) for _, values in axes)
+    if count > MAX_RUNS:
+        raise ConfigError([f"the grid expands to {count:,} runs; at most {MAX_RUNS:,} (fewer axes or values)"])
     runs: list[tuple[str, dict[str, Any]]] = []
     for entry in entries:
         entry = dict(entry)
@@ -278,7 +305,13 @@ def expand_grid(
                     set_path(layered, key, value)
                 pieces.append(f"seed{seed}")
                 runs.append((_clean_name("-".join(p for p in pieces if p)), layered))
+    return runs
 
+
+def _validate(
+    runs: list[tuple[str, dict[str, Any]]],
+) -> tuple[list[GridRun], dict[str, list[str]], dict[str, list[str]]]:
+    """(valid runs, {problem: run names}, {warning: run names}); duplicate names are a problem too."""
     problems: dict[str, list[str]] = {}
     notes: dict[str, list[str]] = {}
     validated: list[GridRun] = []
@@ -292,7 +325,6 @@ def expand_grid(
         validated.append(GridRun(run_name, config))
         for note in config_warnings(config):
             notes.setdefault(note, []).append(run_name)
-
     seen: dict[str, int] = {}
     for run_name, _ in runs:
         seen[run_name] = seen.get(run_name, 0) + 1
@@ -301,17 +333,7 @@ def expand_grid(
             problems.setdefault(
                 f"run name {run_name!r} is given to {count} runs: give the runs entries distinct `name:`s", []
             )
-    if problems:
-        total = len(runs)
-        raise ConfigError([_with_runs(line, names, total) for line, names in problems.items()])
-    return Grid(
-        name=spec.name or name,
-        profile=profile,
-        runs=validated,
-        source=source,
-        overrides=list(overrides),
-        warnings=[_with_runs(n, names, len(runs)) for n, names in notes.items()],
-    )
+    return validated, problems, notes
 
 
 def _with_runs(line: str, names: list[str], total: int) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from ..data.sources import IMAGE_SHAPE, NUM_TEST, NUM_TRAIN
+from ..data import IMAGE_SHAPE, NUM_TEST, NUM_TRAIN
 from .expand import GridRun
 
 # Packed runs share the GPU with each other's allocator fragmentation and with compile's autotuning

@@ -7,14 +7,17 @@ per GPU), scheduled wherever a node has them. Tune would add a second experiment
 names and restore rules, and a chdir into trial folders, none of which this grid needs; ``ray`` alone
 is also a smaller install than ``ray[tune]``.
 
-- Every task calls the same per-run function as the local backend (:func:`runner.execute_run`) and
+- Every task calls the same per-run function as the local backend (:func:`fasttrick.grid.execute.execute_run`) and
   writes into ``<out>/<run name>/``. On a cluster ``--out`` must be a filesystem every node mounts at
   the same path (NFS, Lustre, ...): a task checks that it sees the driver's marker file there and
   fails its run with that message if not.
 - Ray reuses a worker process for later tasks, so torch.compile is paid once per worker process.
 - A task whose worker process dies (killed, out of host memory) is retried once by Ray
-  (``max_retries=1``) and resumes from the run's last checkpoint; an exception in a run is not
-  retried: it is a failed run, reported with its error. Rerunning the command resumes the rest.
+  (``max_retries=1``) and resumes from the run's last checkpoint; a second death ends the run
+  interrupted, which a rerun resumes. An exception in a run is not retried: it is a failed run,
+  reported with its error. Rerunning the command resumes the rest.
+- The driver holds the grid folder's lock (fasttrick.grid.folder) for the grid's life; tasks write
+  their run folders under it.
 - A local instance starts with the dashboard off and every service on 127.0.0.1 (when this module
   is what first imports ray).
 """
@@ -32,10 +35,10 @@ from typing import Any
 
 from ..config import ConfigError
 from ..data import CACHE_ENV, DATA_ENV
-from ..engine import Interrupted, Session, read_status, write_status
+from ..engine import EpochHook, Interrupted, Session
 from . import memory
+from .execute import execute_run, mark_interrupted
 from .expand import GridRun
-from .runner import EpochHook, execute_run, mark_interrupted
 
 INSTALL_HINT = 'the ray backend needs Ray: pip install "fasttrick[ray]"'
 # A task whose worker process died is run once more (resuming from its checkpoint); see the docstring.
@@ -178,13 +181,12 @@ class RayCluster:
                     raise
                 except ray.exceptions.RayError as err:
                     # Not the run's own exception (execute_run records those): its worker died twice,
-                    # the storage check failed, or the node went away.
+                    # the storage check failed, or the node went away. Resumable by a rerun.
                     cause = getattr(err, "cause", None) or err
                     message = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0]}"
-                    state = read_status(out / run.name) or {}
-                    write_status(out / run.name, "failed", state.get("epoch", 0), message)
-                    statuses[run.name] = "failed"
-                    self.log(f"[{len(statuses)}/{len(runs)}] {run.name}: failed ({message})")
+                    mark_interrupted(out / run.name, f"{message}; rerun the same command to resume")
+                    statuses[run.name] = "interrupted"
+                    self.log(f"[{len(statuses)}/{len(runs)}] {run.name}: interrupted ({message})")
                     continue
                 statuses[run.name] = report["status"]
                 if first_start is None or report["started"] < first_start:

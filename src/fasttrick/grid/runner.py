@@ -1,6 +1,7 @@
 """The grid runner: a grid's runs, each in its own run folder, on one of three backends.
 
-    <out>/grid.yaml                 the expanded, validated grid, written before anything trains
+    <out>/grid.yaml                 the expanded, validated grid (rewritten only when it changed)
+    <out>/.fasttrick-grid.lock      held by the one trainer writing the folder (fasttrick.grid.folder)
     <out>/<run name>/config.yaml    the run's resolved config
                      status.json    pending | running | finished | diverged | failed | interrupted
                                     (+ epoch, message)
@@ -10,7 +11,7 @@
                      environment.json, checkpoint.pt
     <out>/summary.md, summary.csv, plots/   written when the grid ends (fasttrick.grid.summary)
 
-Backends, all calling :func:`execute_run` once per run, into the same folders:
+Backends, all calling :func:`fasttrick.grid.execute.execute_run` once per run, into the same folders:
 
 - ``local`` with ``workers=1``: the runs one after another in this process;
 - ``local`` with ``workers=N``: N worker processes on this machine (fasttrick.grid.workers);
@@ -18,151 +19,27 @@ Backends, all calling :func:`execute_run` once per run, into the same folders:
 
 Rerunning the same grid into the same folder skips finished and diverged runs, resumes pending,
 running (the process was killed) and interrupted runs from their last checkpoint, and reports failed
-runs (the run raised) with their error without rerunning them; ``restart_failed`` starts those over
-and ``fresh`` deletes the selected runs' folders first. A run whose folder holds a different config
-is refused (ConfigError) rather than resumed into a mixture. A run that raises is marked failed and
-the grid goes on; an interrupt (Ctrl-C) or missing CIFAR-10 (DataSourceError, the same for every
-run) stops the grid.
+runs (the run's code raised) with their error without rerunning them; ``restart_failed`` reruns those
+from their checkpoint and ``fresh`` deletes the selected runs' folders first. A run folder holding
+another config (config.yaml or checkpoint) is refused (ConfigError) rather than resumed into a
+mixture. A run that raises is marked failed and the grid goes on; an interrupt (Ctrl-C) or missing
+CIFAR-10 (DataSourceError, the same for every run) stops the grid.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, dump_yaml, load_yaml
-from ..data import DataSourceError
-from ..engine import Interrupted, Session, atomic_write, read_status, train_run, write_json, write_status
-from .diagnosis import diagnose
+from ..engine import EpochHook, Session, read_status
+from .execute import execute_run
 from .expand import Grid, GridRun
+from .folder import TERMINAL, GridLock, check_out_folder, lock_grid_folder, prepare_out_folder
+from .options import check_execution
 
-TERMINAL = ("finished", "diverged")
-BACKENDS = ("local", "ray")
-INTERRUPTED_MESSAGE = "interrupted; rerun the same command to resume"
-
-EpochHook = Callable[[str, dict[str, Any]], None]
-
-
-def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in list(old) + [k for k in new if k not in old]:
-            diff = _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
-            if diff:
-                return diff
-        return None
-    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
-        old, new = list(old), list(new)
-    return None if old == new else f"{path}: {old!r} -> {new!r}"
-
-
-def check_out_folder(runs: Sequence[GridRun], out: Path, fresh: bool) -> None:
-    """Refuse (ConfigError, nothing written) to resume a run folder that holds another config."""
-    if fresh:
-        return
-    problems = []
-    for run in runs:
-        existing = out / run.name / "config.yaml"
-        if not existing.is_file():
-            continue
-        try:
-            old = load_yaml(existing.read_text())
-        except Exception:
-            old = None
-        diff = _first_difference(old, run.resolved())
-        if diff:
-            problems.append(
-                f"{existing} holds a different config ({diff}); rerun with --fresh to restart "
-                "that run, or --out to write elsewhere"
-            )
-    if problems:
-        raise ConfigError(problems)
-
-
-def check_execution(
-    backend: str, workers: int, address: str | None, gpus_per_run: float | None, cpus_per_run: int
-) -> None:
-    """Refuse (ConfigError) execution options that cannot work, before anything is written."""
-    problems = []
-    if backend not in BACKENDS:
-        problems.append(f"backend {backend!r}: must be one of {', '.join(BACKENDS)}")
-    if workers < 1:
-        problems.append(f"--workers {workers}: must be >= 1")
-    if backend != "ray" and address is not None:
-        problems.append("--address is for --backend ray")
-    if backend == "ray" and workers != 1:
-        problems.append("--workers is for the local backend; Ray runs as many runs at once as its resources allow")
-    if gpus_per_run is not None:
-        if backend != "ray":
-            problems.append("--gpus-per-run is for --backend ray; locally, --workers N packs N runs onto the GPUs")
-        elif not 0 < gpus_per_run <= 1:
-            problems.append(f"--gpus-per-run {gpus_per_run:g}: a run uses one GPU at most; use 0 < F <= 1")
-    if cpus_per_run < 1 or (backend != "ray" and cpus_per_run != 1):
-        problems.append(f"--cpus-per-run {cpus_per_run}: for --backend ray, >= 1 (locally: --workers)")
-    if problems:
-        raise ConfigError(problems)
-
-
-def execute_run(run: GridRun, run_dir: Path, session: Session, *, on_epoch_end: EpochHook | None = None) -> str:
-    """Train one run and record how it ended in its folder (status.json, with the error if any); its status.
-
-    The per-run function of every backend. A run that raises is recorded as failed (with its error)
-    and returned as such; an interrupt is recorded as interrupted and missing CIFAR-10 as failed,
-    and both are raised again, since they stop the grid.
-    """
-    from .summary import run_result
-
-    try:
-        outcome = train_run(run.config, run_dir, session, name=run.name, on_epoch_end=on_epoch_end)
-    except DataSourceError as err:  # every later run would fail the same way (after a download attempt)
-        write_status(run_dir, "failed", 0, f"no CIFAR-10: {err}")
-        raise
-    except (KeyboardInterrupt, Interrupted):
-        state = read_status(run_dir) or {}
-        write_status(run_dir, "interrupted", state.get("epoch", 0), INTERRUPTED_MESSAGE)
-        raise
-    except Exception as err:
-        session.log(f"[{run.name}] failed: {type(err).__name__}: {err}\n{traceback.format_exc()}")
-        state = read_status(run_dir) or {}
-        message = f"{type(err).__name__}: {err}"
-        write_status(run_dir, "failed", state.get("epoch", 0), message)
-        return "failed"
-    write_json(run_dir / "result.json", run_result(outcome.rows, outcome.status))
-    write_json(run_dir / "diagnosis.json", diagnose(outcome.rows, outcome.status).to_json())
-    write_status(run_dir, outcome.status, outcome.rows[-1]["epoch"] if outcome.rows else 0, outcome.message)
-    return outcome.status
-
-
-def mark_interrupted(run_dir: Path, message: str = INTERRUPTED_MESSAGE) -> None:
-    """Record a run stopped from outside (its worker killed or cancelled) as resumable from its last epoch."""
-    state = read_status(run_dir) or {}
-    if state.get("status") not in (*TERMINAL, "failed"):
-        write_status(run_dir, "interrupted", state.get("epoch", 0), message)
-
-
-def prepare_out_folder(
-    grid: Grid, selected: Sequence[GridRun], out: Path, *, fresh: bool, restart_failed: bool
-) -> dict[str, dict[str, Any]]:
-    """Write grid.yaml and every selected run's config.yaml and status; returns {run name: status.json}."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "grid.yaml", dump_yaml(grid.document()))
-    states = {}
-    for run in selected:
-        run_dir = out / run.name
-        state = read_status(run_dir) or {}
-        if run_dir.exists() and (fresh or (restart_failed and state.get("status") == "failed")):
-            shutil.rmtree(run_dir)  # a failed run restarts from scratch: its checkpoint may be what failed
-            state = {}
-        if not (run_dir / "config.yaml").is_file():
-            atomic_write(run_dir / "config.yaml", dump_yaml(run.resolved()))
-        if not state:
-            write_status(run_dir, "pending", 0)
-            state = read_status(run_dir) or {}
-        states[run.name] = state
-    return states
+__all__ = ["check_out_folder", "prepare_data", "run_grid"]
 
 
 def prepare_data(runs: Sequence[GridRun], session: Session) -> None:
@@ -197,19 +74,15 @@ def run_grid(
     must pickle (a module-level function or object). Workers and Ray tasks load CIFAR-10 from the
     cache themselves: ``session`` gives them its log only, not its data or compiled models.
     """
-    from .summary import write_summary
-
     out = Path(out).absolute()  # Ray and worker processes may start in another directory
     selected = grid.select(only)
-    check_out_folder(selected, out, fresh)
     check_execution(backend, workers, address, gpus_per_run, cpus_per_run)
     session = session or Session()
-    log = session.log
     cluster = None
     if backend == "ray":
         from .ray_backend import RayCluster
 
-        cluster = RayCluster.connect(address, log)  # before writing: no Ray, or no GPU for --gpus-per-run
+        cluster = RayCluster.connect(address, session.log)  # before writing: no Ray, or no GPU for --gpus-per-run
     try:
         if cluster is not None:
             cluster.check_packing(selected, gpus_per_run)
@@ -217,48 +90,80 @@ def run_grid(
             from .workers import check_packing
 
             check_packing(selected, workers)
-
-        states = prepare_out_folder(grid, selected, out, fresh=fresh, restart_failed=restart_failed)
-        for note in grid.warnings:
-            log(f"warning: {note}")
-        statuses: dict[str, str] = {}
-        todo = []
-        for run in selected:
-            state = states[run.name]
-            if state.get("status") in TERMINAL:
-                log(f"{run.name}: {state['status']} already, skipped")
-                statuses[run.name] = state["status"]
-            elif state.get("status") == "failed":
-                log(f"{run.name}: failed earlier ({state.get('message')}), skipped; --restart-failed reruns it")
-                statuses[run.name] = "failed"
-            else:
-                todo.append(run)
-        try:
-            if cluster is not None and todo:
-                prepare_data(todo, session)
-                statuses.update(cluster.run(todo, out, gpus_per_run, cpus_per_run, on_epoch_end))
-            elif workers > 1 and todo:
-                from .workers import run_in_workers
-
-                statuses.update(
-                    run_in_workers(todo, out, workers, log, on_epoch_end, prepare=lambda: prepare_data(todo, session))
-                )
-            else:
-                statuses.update(_run_here(todo, out, session, on_epoch_end))
-        finally:
-            if summary:
-                try:
-                    path = write_summary(out)
-                    log(f"summary: {path}")
-                except Exception as err:  # a broken summary must not hide the runs' own outcome
-                    log(f"summary not written: {type(err).__name__}: {err}")
+        with lock_grid_folder(out) as lock:  # held until the grid ends: one writer per grid folder
+            check_out_folder(selected, out, fresh)
+            states = prepare_out_folder(grid, selected, lock, fresh=fresh, restart_failed=restart_failed)
+            for note in grid.warnings:
+                session.log(f"warning: {note}")
+            statuses, todo = _triage(selected, states, session.log)
+            try:
+                if todo:
+                    statuses.update(
+                        _train(todo, out, session, on_epoch_end, cluster, workers, gpus_per_run, cpus_per_run)
+                    )
+            finally:
+                if summary:
+                    _summarise(lock, session.log)
     finally:
         if cluster is not None:
             cluster.close()
-    failed = [name for name in statuses if statuses[name] == "failed"]
-    for name in failed:
-        log(f"failed: {name}: {(read_status(out / name) or {}).get('message')}")
+    for name, status in statuses.items():
+        if status in ("failed", "interrupted"):
+            session.log(f"{status}: {name}: {(read_status(out / name) or {}).get('message')}")
     return {run.name: statuses[run.name] for run in selected}
+
+
+def _triage(
+    selected: Sequence[GridRun], states: dict[str, dict[str, Any]], log: Callable[[str], None]
+) -> tuple[dict[str, str], list[GridRun]]:
+    """({run: status} of the runs that ended earlier, the runs to train now)."""
+    statuses: dict[str, str] = {}
+    todo = []
+    for run in selected:
+        status = states[run.name]["status"]
+        if status in TERMINAL:
+            log(f"{run.name}: {status} already, skipped")
+            statuses[run.name] = status
+        elif status == "failed":
+            log(f"{run.name}: failed earlier ({states[run.name]['message']}), skipped; --restart-failed reruns it")
+            statuses[run.name] = "failed"
+        else:
+            todo.append(run)
+    return statuses, todo
+
+
+def _train(
+    todo: Sequence[GridRun],
+    out: Path,
+    session: Session,
+    on_epoch_end: EpochHook | None,
+    cluster: Any,
+    workers: int,
+    gpus_per_run: float | None,
+    cpus_per_run: int,
+) -> dict[str, str]:
+    if cluster is not None:
+        prepare_data(todo, session)
+        return cluster.run(todo, out, gpus_per_run, cpus_per_run, on_epoch_end)
+    if workers > 1:
+        from .workers import run_in_workers
+
+        return run_in_workers(
+            todo, out, workers, session.log, on_epoch_end, prepare=lambda: prepare_data(todo, session)
+        )
+    return _run_here(todo, out, session, on_epoch_end)
+
+
+def _summarise(lock: GridLock, log: Callable[[str], None]) -> None:
+    from .summary import write_summary
+
+    if not lock.writable:
+        log(f"summary: {lock.out} is read-only; its summary is left as it is")
+        return
+    try:
+        log(f"summary: {write_summary(lock.out)}")
+    except Exception as err:  # a broken summary must not hide the runs' own outcome
+        log(f"summary not written: {type(err).__name__}: {err}")
 
 
 def _run_here(runs: Sequence[GridRun], out: Path, session: Session, on_epoch_end: EpochHook | None) -> dict[str, str]:

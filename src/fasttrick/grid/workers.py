@@ -10,7 +10,8 @@ The driver hands a run to whichever worker is idle and forwards the workers' log
 - GPUs: worker i sees GPU ``i % GPUs`` only (CUDA_VISIBLE_DEVICES), so N > GPUs packs several runs
   onto one GPU, after a measured check that they fit (fasttrick.grid.memory).
 - A worker that dies (killed, out of host memory) costs its run one retry, resumed from the run's
-  last checkpoint in a fresh worker; a second death marks the run failed. The rest go on.
+  last checkpoint in a fresh worker; a second death marks the run interrupted (a rerun resumes it
+  again: the cause was outside the run's code). The rest go on.
 - Workers die with the driver (Linux: PR_SET_PDEATHSIG), so a killed driver leaves no orphan
   writing into a run folder that the rerun resumes.
 """
@@ -30,13 +31,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..data import DataSourceError
-from ..engine import Interrupted, Session, read_status, write_status
+from ..engine import EpochHook, Interrupted, Session
 from . import memory
+from .execute import execute_run, mark_interrupted
 from .expand import GridRun
-from .runner import EpochHook, execute_run, mark_interrupted
 
 # A run whose worker died is retried this many times (resumed from its checkpoint), as Ray's
-# max_retries does for a task whose worker died; a run that kills its worker every time then fails.
+# max_retries does for a task whose worker died; a run that kills its worker every time then ends
+# interrupted, for a rerun to resume.
 WORKER_DEATH_RETRIES = 1
 POLL_SECONDS = 0.5
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -165,81 +167,110 @@ def run_in_workers(
     ``prepare()`` (the data cache) runs in this thread while the workers start: starting them waits
     for the forkserver to import torch (~1.4 s), which need not wait for the cache (~0.5 s).
     """
-    context = start_context()
-    # Threads from the workers asked for, not from the runs left: a run's numerics then do not depend
-    # on how many runs a rerun still had to do (2 threads sum a convolution's gradient in another order).
-    threads = max(1, usable_cores() // workers)
-    workers = min(workers, len(runs))
-    gpus = local_gpu_count(runs)
-    outbox = context.Queue()
-
-    def start(worker_id: int) -> _Worker:
-        return _Worker(context, worker_id, threads, worker_id % gpus if gpus else None, outbox, on_epoch_end)
-
-    where = f"{gpus} GPU(s), {math.ceil(workers / gpus)} runs per GPU" if gpus else f"CPU, {threads} thread(s) each"
-    log(f"{len(runs)} runs on {workers} worker processes ({where})")
+    pool = _Pool(runs, out, workers, log, on_epoch_end)
     with concurrent.futures.ThreadPoolExecutor(1) as starter:
-        starting = starter.submit(lambda: [start(i) for i in range(workers)])
+        starting = starter.submit(pool.start_all)
         try:
             prepare()
         except BaseException:
-            for worker in starting.result():
-                worker.stop(timeout=10)
+            starting.result()
+            pool.stop_all()
             raise
-        pool = starting.result()
-    waiting = deque(runs)
-    deaths: dict[str, int] = {}
-    statuses: dict[str, str] = {}
-    done = 0
+        starting.result()
+    try:
+        while pool.waiting or pool.busy():
+            pool.dispatch()
+            if not pool.receive():  # drain the queue before looking for dead workers: a "done" may precede a death
+                pool.reap_dead()
+    finally:
+        pool.stop_all()
+    return pool.statuses
 
-    def finish(worker: _Worker, status: str) -> None:
-        nonlocal done
-        done += 1
+
+class _Pool:
+    """The driver's side of the workers: who trains what, the queue of runs, deaths and statuses."""
+
+    def __init__(self, runs, out: Path, workers: int, log: Callable[[str], None], on_epoch_end: EpochHook | None):
+        self.context = start_context()
+        # Threads from the workers asked for, not from the runs left: a run's numerics then do not depend
+        # on how many runs a rerun still had to do (2 threads sum a convolution's gradient in another order).
+        self.threads = max(1, usable_cores() // workers)
+        self.size = min(workers, len(runs))
+        self.gpus = local_gpu_count(runs)
+        self.outbox = self.context.Queue()
+        self.runs, self.out, self.log, self.on_epoch_end = list(runs), out, log, on_epoch_end
+        self.waiting = deque(runs)
+        self.deaths: dict[str, int] = {}
+        self.statuses: dict[str, str] = {}
+        self.workers: list[_Worker] = []
+
+    def start(self, worker_id: int) -> _Worker:
+        gpu = worker_id % self.gpus if self.gpus else None
+        return _Worker(self.context, worker_id, self.threads, gpu, self.outbox, self.on_epoch_end)
+
+    def start_all(self) -> None:
+        gpus, size = self.gpus, self.size
+        where = (
+            f"{gpus} GPU(s), {math.ceil(size / gpus)} runs per GPU" if gpus else f"CPU, {self.threads} thread(s) each"
+        )
+        self.log(f"{len(self.runs)} runs on {size} worker processes ({where})")
+        self.workers = [self.start(i) for i in range(size)]
+
+    def busy(self) -> bool:
+        return any(w.run is not None for w in self.workers)
+
+    def dispatch(self) -> None:
+        for worker_id, worker in enumerate(self.workers):
+            if worker.run is None and self.waiting:
+                run = self.waiting.popleft()
+                self.log(f"{run.name}: started on worker {worker_id}")
+                worker.send(run, self.out)
+
+    def finish(self, worker: _Worker, status: str) -> None:
         name = worker.run.name
-        statuses[name] = status
-        log(f"[{done}/{len(runs)}] {name}: {status} in {time.perf_counter() - worker.started:.1f} s")
+        self.statuses[name] = status
+        elapsed = time.perf_counter() - worker.started
+        self.log(f"[{len(self.statuses)}/{len(self.runs)}] {name}: {status} in {elapsed:.1f} s")
         worker.run = None
 
-    try:
-        while waiting or any(w.run is not None for w in pool):
-            for worker in pool:
-                if worker.run is None and waiting:
-                    run = waiting.popleft()
-                    log(f"{run.name}: started on worker {pool.index(worker)}")
-                    worker.send(run, out)
-            try:
-                kind, worker_id, *payload = outbox.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                kind = None
-            if kind == "log":
-                log(payload[0])
-            elif kind == "done":
-                finish(pool[worker_id], payload[1])
-            elif kind == "no data":
-                raise DataSourceError(payload[1])
-            elif kind == "interrupted":
-                raise Interrupted(payload[1])
-            if kind is not None:
-                continue  # drain the queue before looking for dead workers: a "done" may precede a death
-            for worker_id, worker in enumerate(pool):
-                if worker.run is None or worker.process.is_alive():
-                    continue
-                run, reason = worker.run, f"worker process {worker.process.pid} {_death(worker.process.exitcode)}"
-                deaths[run.name] = deaths.get(run.name, 0) + 1
-                if deaths[run.name] <= WORKER_DEATH_RETRIES:
-                    log(f"{run.name}: {reason}; retrying it, resumed from its last checkpoint")
-                    mark_interrupted(out / run.name, f"{reason}; rerun the same command to resume")
-                    waiting.appendleft(run)
-                    worker.run = None
-                else:
-                    state = read_status(out / run.name) or {}
-                    write_status(out / run.name, "failed", state.get("epoch", 0), f"{reason}, {deaths[run.name]} times")
-                    finish(worker, "failed")
-                pool[worker_id] = start(worker_id)
-    finally:
-        for worker in pool:
+    def receive(self) -> bool:
+        """Handle one message from a worker; False when none came within POLL_SECONDS."""
+        try:
+            kind, worker_id, *payload = self.outbox.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            return False
+        if kind == "log":
+            self.log(payload[0])
+        elif kind == "done":
+            self.finish(self.workers[worker_id], payload[1])
+        elif kind == "no data":
+            raise DataSourceError(payload[1])
+        elif kind == "interrupted":
+            raise Interrupted(payload[1])
+        return True
+
+    def reap_dead(self) -> None:
+        """A dead worker's run is retried in a fresh worker, resumed from its checkpoint; after
+        WORKER_DEATH_RETRIES retries it ends interrupted (a rerun resumes it)."""
+        for worker_id, worker in enumerate(self.workers):
+            if worker.run is None or worker.process.is_alive():
+                continue
+            run, reason = worker.run, f"worker process {worker.process.pid} {_death(worker.process.exitcode)}"
+            self.deaths[run.name] = self.deaths.get(run.name, 0) + 1
+            if self.deaths[run.name] <= WORKER_DEATH_RETRIES:
+                self.log(f"{run.name}: {reason}; retrying it, resumed from its last checkpoint")
+                mark_interrupted(self.out / run.name, f"{reason}; rerun the same command to resume")
+                self.waiting.appendleft(run)
+                worker.run = None
+            else:
+                message = f"{reason}, {self.deaths[run.name]} times; rerun the same command to resume"
+                mark_interrupted(self.out / run.name, message)
+                self.finish(worker, "interrupted")
+            self.workers[worker_id] = self.start(worker_id)
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
             if worker.run is not None:  # stopped from outside: interrupted, resumable
                 worker.process.kill()
-                mark_interrupted(out / worker.run.name)
+                mark_interrupted(self.out / worker.run.name)
             worker.stop(timeout=10)
-    return statuses

@@ -1,97 +1,59 @@
-"""Typed configuration of one training run, and of a grid file that expands into many.
+"""The typed schema of one training run (:class:`RunConfig`) and of a grid file (:class:`GridFile`).
 
-A run (:class:`RunConfig`)::
+A run::
 
     seed: 0
     data:      {root: null, loader: auto, batch_size: 512, train_subset: null, test_subset: null}
     model:     {name: resnet18, width: 1.0, channels_last: true}
     train:     {epochs: 30, device: auto, precision: auto, compile: auto, compile_mode: default,
                 compile_backend: inductor, deterministic: false, label_smoothing: 0.0}
-    optimizer: {name: fused_sgdw, lr: 0.1, momentum: 0.9, weight_decay: 5.0e-4, ...}   # one of OPTIMIZERS
-    scheduler: {name: step, step_size: 35%, gamma: 0.1}                                # one of SCHEDULERS
+    optimizer: {name: fused_sgdw, lr: 0.1, momentum: 0.9, weight_decay: 5.0e-4, ...}  # fused_sgdw|sgd|adam|adamw|nadam
+    scheduler: {name: step, step_size: 35%, gamma: 0.1}  # step|multistep|cosine|cosine_restarts|plateau|constant
     warmup:    {epochs: 0, start_factor: 0.1}
 
 Epoch-valued schedule fields (``step_size``, ``milestones``, ``t_0``, ``patience``, ``cooldown``,
 ``warmup.epochs``) take whole epochs (``70``) or a share of ``train.epochs`` (``"35%"``), so one file keeps
 the post's shape at 30 and at 200 epochs: 35% is every 70 epochs of 200 and every 11 of 30.
 
-A grid file (:class:`GridFile`) is a base run, optional named profiles, then runs and axes; see
-``fasttrick.grid``. Validation errors name the key's path and suggest the nearest valid key or name
-(:func:`describe_errors`). PyYAML reads ``1e-3`` as a string; :func:`load_yaml` reads it as a float.
+Every float must be finite (an inf or NaN lr is refused here rather than found diverging at run time),
+and a batch must fit the training (sub)set, whose last partial batch is dropped.
 
-This module imports nothing else of fasttrick.
+A grid file is a base run, optional named profiles, then runs and axes; see ``fasttrick.grid``.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = [
-    "METRICS",
-    "OPTIMIZERS",
-    "SCHEDULERS",
-    "ConfigError",
-    "EpochSpec",
-    "GridFile",
-    "RunConfig",
-    "config_warnings",
-    "describe_errors",
-    "dump_yaml",
-    "load_yaml",
-    "resolve_epochs",
-]
-
-OPTIMIZERS = ("fused_sgdw", "sgd", "adam", "adamw", "nadam")
-SCHEDULERS = ("step", "multistep", "cosine", "cosine_restarts", "plateau", "constant")
-METRICS = ("val_acc", "val_loss", "train_loss")
-PROFILES = ("quick", "faithful")
+# --profile NAME: the built-in layer under a grid file's own ``profiles[NAME]`` (fasttrick.grid.expand).
+PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "quick": {"train.epochs": 30},  # the default: <= 30 epochs a run, schedules given as shares keep their shape
+    "faithful": {"train.epochs": 200},  # the post's length (StepLR every 70 epochs = "35%")
+}
+ProfileName = Literal[tuple(PROFILE_DEFAULTS)]
+# CIFAR-10's training images (fasttrick.data.sources.NUM_TRAIN; config imports no torch, a test ties the two).
+CIFAR10_TRAIN_IMAGES = 50_000
 
 
-class ConfigError(ValueError):
-    """A config that cannot run; ``problems`` holds one line per problem (key path: what, suggestion)."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        super().__init__("invalid config:\n" + "\n".join(f"  - {p}" for p in self.problems))
-
-
-# ---------------------------------------------------------------------------------------------
-# YAML: floats like 1e-3 (YAML 1.2) instead of strings (PyYAML's YAML 1.1)
-# ---------------------------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    pass
+def first_difference(old: Any, new: Any, path: str = "") -> str | None:
+    """``"optimizer.lr: 0.05 -> 0.1"`` for the first key where two resolved configs differ; None if equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            diff = first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+            if diff:
+                return diff
+        return None
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        old, new = list(old), list(new)
+    return None if old == new else f"{path or 'config'}: {_short(old)} -> {_short(new)}"
 
 
-_FLOAT = re.compile(
-    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""",
-    re.X,
-)
-_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-for _first in list("-+0123456789."):
-    _Loader.yaml_implicit_resolvers[_first] = [
-        (tag, rx) for tag, rx in _Loader.yaml_implicit_resolvers.get(_first, []) if tag != "tag:yaml.org,2002:float"
-    ]
-    _Loader.yaml_implicit_resolvers[_first].append(("tag:yaml.org,2002:float", _FLOAT))
-
-
-def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` that reads ``1e-3`` / ``5E-4`` as floats, as YAML 1.2 does."""
-    return yaml.load(text, Loader=_Loader)
-
-
-def dump_yaml(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=120)
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,7 +87,7 @@ def resolve_epochs(spec: int | str, epochs: int, *, minimum: int = 0) -> int:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 def _epoch_fields(*names: str):
@@ -197,7 +159,9 @@ class FusedSGDWConfig(_SGDBase):
 
     name: Literal["fused_sgdw"]
     decoupled_weight_decay: bool = False  # True: SGDW, p *= 1 - lr * wd outside the momentum buffer
-    backend: Literal["auto", "triton", "cuda", "cpu", "foreach", "reference"] = "auto"
+    backend: Literal["auto", "triton", "cuda", "cpu", "foreach", "reference"] = (
+        "auto"  # == fasttrick.ops.BACKENDS (a test ties them)
+    )
 
 
 class SGDConfig(_SGDBase):
@@ -329,6 +293,12 @@ class RunConfig(_Strict):
         epochs = self.train.epochs
         if resolve_epochs(self.warmup.epochs, epochs) >= epochs:
             raise ValueError(f"warmup.epochs ({self.warmup.epochs}) must leave epochs to train (train.epochs={epochs})")
+        images = min(self.data.train_subset or CIFAR10_TRAIN_IMAGES, CIFAR10_TRAIN_IMAGES)
+        if self.data.batch_size > images:
+            raise ValueError(
+                f"data.batch_size {self.data.batch_size} is larger than the {images} training images "
+                "(the last partial batch is dropped, so no step would run); lower it or raise data.train_subset"
+            )
         return self
 
     def warmup_epochs(self) -> int:
@@ -362,7 +332,7 @@ class GridFile(_Strict):
     name: str | None = None
     description: str | None = None
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
-    profiles: dict[Literal["quick", "faithful"], dict[str, Any]] = Field(default_factory=dict)
+    profiles: dict[ProfileName, dict[str, Any]] = Field(default_factory=dict)
     base: dict[str, Any] = Field(default_factory=dict)
     runs: list[dict[str, Any]] | None = None
     grid: dict[str, list[Any]] = Field(default_factory=dict)
@@ -374,91 +344,3 @@ class GridFile(_Strict):
             if not values:
                 raise ValueError(f"axis {key!r} has no values")
         return value
-
-
-# ---------------------------------------------------------------------------------------------
-# Error messages: key path + did-you-mean
-# ---------------------------------------------------------------------------------------------
-
-
-def _tag_models() -> dict[str, dict[str, type[BaseModel]]]:
-    out: dict[str, dict[str, type[BaseModel]]] = {"optimizer": {}, "scheduler": {}}
-    for block, models in (
-        ("optimizer", (FusedSGDWConfig, SGDConfig, AdamConfig, NAdamConfig)),
-        ("scheduler", (StepConfig, MultiStepConfig, CosineConfig, CosineRestartsConfig, PlateauConfig, ConstantConfig)),
-    ):
-        for model in models:
-            for tag in model.model_fields["name"].annotation.__args__:
-                out[block][tag] = model
-    return out
-
-
-_TAGS = _tag_models()
-_SUBMODELS: dict[str, type[BaseModel]] = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "warmup": WarmupConfig,
-}
-
-
-def _clean_loc(loc: tuple, root: type[BaseModel]) -> tuple[list[str], type[BaseModel] | None]:
-    """Drop pydantic's union-tag segments from ``loc``; also return the model that holds the last key."""
-    parts: list[str] = []
-    holder: type[BaseModel] | None = root
-    i = 0
-    while i < len(loc):
-        part = loc[i]
-        parts.append(str(part))
-        if holder is root and part in _TAGS and i + 1 < len(loc) and loc[i + 1] in _TAGS[part]:
-            holder = _TAGS[part][loc[i + 1]]
-            i += 2
-            continue
-        if holder is root and part in _SUBMODELS:
-            holder = _SUBMODELS[part]
-        elif i < len(loc) - 1:
-            holder = None
-        i += 1
-    return parts, holder
-
-
-def describe_errors(err: ValidationError, *, root: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
-    """One line per pydantic error: ``path: problem (got value); did you mean ...``."""
-    lines = []
-    for e in err.errors():
-        parts, holder = _clean_loc(tuple(e["loc"]), root)
-        path = prefix + ".".join(parts) if parts else prefix.rstrip(".") or "config"
-        kind = e["type"]
-        if kind == "extra_forbidden":
-            key = parts[-1]
-            allowed = list(holder.model_fields) if holder is not None else []
-            hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
-            msg = f"{path}: unknown key"
-            if hint:
-                msg += f"; did you mean '{hint[0]}'?"
-            elif allowed:
-                msg += f" (valid here: {', '.join(allowed)})"
-            if key == "momentum" and holder in (AdamConfig, NAdamConfig):
-                msg += " (Adam-family optimizers take betas: [beta1, beta2] instead of momentum)"
-            lines.append(msg)
-        elif kind in ("union_tag_invalid", "union_tag_not_found"):
-            block = parts[-1] if parts else ""
-            tags = list(_TAGS.get(block, {}))
-            given = e.get("ctx", {}).get("tag", None)
-            if kind == "union_tag_not_found":
-                lines.append(f"{path}.name: missing; one of {', '.join(tags)}")
-                continue
-            hint = difflib.get_close_matches(str(given), tags, n=1, cutoff=0.4)
-            msg = f"{path}.name: unknown {block} {given!r}; one of {', '.join(tags)}"
-            lines.append(msg + (f"; did you mean '{hint[0]}'?" if hint else ""))
-        elif kind == "literal_error":
-            expected = e.get("ctx", {}).get("expected", "")
-            choices = re.findall(r"'([^']*)'", expected)
-            hint = difflib.get_close_matches(str(e.get("input")), choices, n=1, cutoff=0.4)
-            msg = f"{path}: {e['msg']} (got {e.get('input')!r})"
-            lines.append(msg + (f"; did you mean '{hint[0]}'?" if hint else ""))
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            shown = "" if kind == "value_error" or isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
-            lines.append(f"{path}: {msg}{shown}")
-    return lines

@@ -1,0 +1,96 @@
+"""One run into its folder, and how it ended: the per-run function of every backend (local, workers, Ray).
+
+How a run ends, in status.json:
+
+- ``finished`` / ``diverged``: it trained to the end, or its loss went non-finite (result.json and
+  diagnosis.json written too);
+- ``failed``: the run's own code raised (an exception in training); a rerun reports it, and
+  ``--restart-failed`` restarts it (from its checkpoint, which check_out_folder found to be its own);
+- ``interrupted``: stopped from outside, and resumable by rerunning the same command: Ctrl-C, a
+  killed worker (after its retry), a file that could not be written (disk full, I/O error: the message
+  names the file and the cause), or no CIFAR-10.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+from ..data import DataSourceError
+from ..engine import (
+    EpochHook,
+    Interrupted,
+    Session,
+    StorageError,
+    read_status,
+    train_run,
+    write_json,
+    write_status,
+    writing,
+)
+from .diagnosis import diagnose
+from .expand import GridRun
+from .folder import TERMINAL
+
+INTERRUPTED_MESSAGE = "interrupted; rerun the same command to resume"
+
+__all__ = ["INTERRUPTED_MESSAGE", "EpochHook", "execute_run", "mark_interrupted"]
+
+
+def execute_run(run: GridRun, run_dir: Path, session: Session, *, on_epoch_end: EpochHook | None = None) -> str:
+    """Train one run and record how it ended in its folder (status.json, with the error if any); its status.
+
+    A run that raises is recorded as failed (with its error), a write that fails as interrupted, and
+    both are returned; an interrupt and missing CIFAR-10 are recorded as interrupted and raised again,
+    since they stop the grid.
+    """
+    from .summary import run_result
+
+    try:
+        outcome = train_run(run.config, run_dir, session, name=run.name, on_epoch_end=on_epoch_end)
+        with writing(run_dir / "result.json"):
+            write_json(run_dir / "result.json", run_result(outcome.rows, outcome.status))
+        with writing(run_dir / "diagnosis.json"):
+            write_json(run_dir / "diagnosis.json", diagnose(outcome.rows, outcome.status).to_json())
+        with writing(run_dir / "status.json"):
+            write_status(run_dir, outcome.status, outcome.rows[-1]["epoch"] if outcome.rows else 0, outcome.message)
+    except DataSourceError as err:  # every later run would fail the same way (after a download attempt)
+        mark_interrupted(run_dir, f"no CIFAR-10: {err}")
+        raise
+    except (KeyboardInterrupt, Interrupted):
+        mark_interrupted(run_dir)
+        raise
+    except StorageError as err:
+        message = f"{err}; free the space or fix the folder, then rerun the same command to resume"
+        session.log(f"[{run.name}] interrupted: {message}")
+        mark_interrupted(run_dir, message, session)
+        return "interrupted"
+    except Exception as err:
+        return _failed(run, run_dir, session, err)
+    return outcome.status
+
+
+def _failed(run: GridRun, run_dir: Path, session: Session, err: BaseException) -> str:
+    session.log(f"[{run.name}] failed: {type(err).__name__}: {err}\n{traceback.format_exc()}")
+    _record(run_dir, "failed", f"{type(err).__name__}: {err}", session)
+    return "failed"
+
+
+def mark_interrupted(run_dir: Path, message: str = INTERRUPTED_MESSAGE, session: Session | None = None) -> None:
+    """Record a run stopped from outside (its worker killed or cancelled, a failed write) as resumable
+    from its last epoch; a run that already ended keeps its status."""
+    state = read_status(run_dir)
+    if not isinstance(state, dict) or state.get("status") not in (*TERMINAL, "failed"):
+        _record(run_dir, "interrupted", message, session)
+
+
+def _record(run_dir: Path, status: str, message: str, session: Session | None) -> None:
+    """status.json with the epoch reached so far; if even that cannot be written (the disk is full), the
+    last status stays ("running": resumable too) and the reason goes to the log."""
+    state = read_status(run_dir)
+    epoch = state.get("epoch", 0) if isinstance(state, dict) else 0
+    try:
+        write_status(run_dir, status, epoch if isinstance(epoch, int) else 0, message)
+    except OSError as err:
+        line = f"[{run_dir.name}] {status}: {message} (status.json not written: {err})"
+        (session.log if session is not None else print)(line)
