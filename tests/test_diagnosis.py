@@ -1,4 +1,4 @@
-"""fasttrick.grid.diagnosis on synthetic metric histories: each failure mode, and healthy runs that raise none."""
+"""fasttrick.results.diagnosis on synthetic metric histories: each failure mode, and healthy runs that raise none."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from fasttrick.grid.diagnosis import MODES, THRESHOLDS, diagnose, val_swing
+from fasttrick.results.diagnosis import MODES, THRESHOLDS, diagnose, val_swing
 
 
 def rows(val_acc, *, train_acc=None, val_loss=None, train_loss=None, lr=None) -> list[dict]:

@@ -37,7 +37,7 @@ from typing import Any
 from ..config import ConfigError, dump_yaml, load_yaml
 from ..data import DataSourceError
 from ..engine import Interrupted, Session, atomic_write, read_status, train_run, write_json, write_status
-from .diagnosis import diagnose
+from ..results.diagnosis import diagnose
 from .expand import Grid, GridRun
 
 TERMINAL = ("finished", "diverged")
@@ -113,7 +113,7 @@ def execute_run(run: GridRun, run_dir: Path, session: Session, *, on_epoch_end: 
     and returned as such; an interrupt is recorded as interrupted and missing CIFAR-10 as failed,
     and both are raised again, since they stop the grid.
     """
-    from .summary import run_result
+    from ..results.result import run_result
 
     try:
         outcome = train_run(run.config, run_dir, session, name=run.name, on_epoch_end=on_epoch_end)
@@ -197,7 +197,7 @@ def run_grid(
     must pickle (a module-level function or object). Workers and Ray tasks load CIFAR-10 from the
     cache themselves: ``session`` gives them its log only, not its data or compiled models.
     """
-    from .summary import write_summary
+    from ..results.summary import write_summary
 
     out = Path(out).absolute()  # Ray and worker processes may start in another directory
     selected = grid.select(only)
