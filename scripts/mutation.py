@@ -122,12 +122,15 @@ def describe(mutant: Mutant, original: str) -> str:
     return f"{mutant.path}:{mutant.line} [{mutant.what}] {line[:90]}"
 
 
-def run_one(copy: Path, mutant: Mutant, tests: list[str], extra: list[str]) -> bool:
-    """True when the tests fail on the mutant (killed). Runs in a forked child."""
+def start(copy: Path, mutant: Mutant, tests: list[str], extra: list[str]) -> int:
+    """Fork a child that writes the mutant into its copy of src/ and runs pytest in-process; its pid. The child
+    exits 0 when the tests pass (the mutant survived)."""
     pid = os.fork()
-    if pid == 0:  # the child: mutate the copy, run pytest here, report through the exit code
+    if pid == 0:
         signal.alarm(TIMEOUT_S)
         (copy / mutant.path).write_text(mutant.source)
+        sys.path.insert(0, str(copy))
+        os.environ["PYTHONPATH"] = str(copy)
         os.chdir(REPO)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
@@ -136,14 +139,14 @@ def run_one(copy: Path, mutant: Mutant, tests: list[str], extra: list[str]) -> b
 
         code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", *tests, *extra])
         os._exit(0 if code == 0 else 1)
-    _, status = os.waitpid(pid, 0)
-    return not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
+    return pid
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", choices=sorted(TARGETS))
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants tested at once (one process each)")
     args = parser.parse_args()
     files, tests, extra = TARGETS[args.target]
     originals = {path: (REPO / "src" / path).read_text() for path in files}
@@ -154,26 +157,33 @@ def main() -> int:
         return 0
     sys.dont_write_bytecode = True  # a stale .pyc of an earlier mutant must never be imported
     with tempfile.TemporaryDirectory(prefix="fasttrick-mutation-") as tmp:
-        copy = Path(tmp) / "src"
-        shutil.copytree(REPO / "src", copy, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        sys.path.insert(0, str(copy))
-        os.environ["PYTHONPATH"] = str(copy)
+        copies = [Path(tmp) / f"src{slot}" for slot in range(args.jobs)]
+        for copy in copies:  # one copy per concurrent child: each writes its mutant into its own
+            shutil.copytree(REPO / "src", copy, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         import torch  # noqa: F401  (paid once here, inherited by every child)
 
-        start, survivors = time.time(), []
-        for number, mutant in enumerate(everything, 1):
-            killed = run_one(copy, mutant, tests, extra)
+        start_time, survivors, running = time.time(), [], {}
+        pending = list(enumerate(everything, 1))
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                number, mutant = pending.pop(0)
+                slot = next(i for i in range(args.jobs) if i not in {s for s, _, _ in running.values()})
+                for path, source in originals.items():  # undo the slot's previous mutant
+                    (copies[slot] / path).write_text(source)
+                running[start(copies[slot], mutant, tests, extra)] = (slot, number, mutant)
+            pid, status = os.wait()
+            slot, number, mutant = running.pop(pid)
+            killed = not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
             if not killed:
-                survivors.append(mutant)
-            print(
-                f"{number}/{len(everything)} {'killed  ' if killed else 'SURVIVED'} {describe(mutant, originals[mutant.path])}",
-                flush=True,
-            )
+                survivors.append((number, mutant))
+            verdict = "killed  " if killed else "SURVIVED"
+            print(f"{number}/{len(everything)} {verdict} {describe(mutant, originals[mutant.path])}", flush=True)
+        elapsed = time.time() - start_time
         print(
-            f"\n{args.target}: {len(everything) - len(survivors)} of {len(everything)} mutants killed in {time.time() - start:.0f} s"
+            f"\n{args.target}: {len(everything) - len(survivors)} of {len(everything)} mutants killed in {elapsed:.0f} s"
         )
-        for mutant in survivors:
-            print("survived:", describe(mutant, originals[mutant.path]))
+        for number, mutant in sorted(survivors, key=lambda item: item[0]):
+            print(f"survived #{number}:", describe(mutant, originals[mutant.path]))
     return 0
 
 

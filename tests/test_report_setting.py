@@ -10,7 +10,10 @@ from fasttrick.results import setting
 from fasttrick.results.report import write_report
 from fasttrick.results.study import load_studies
 
-SCALED = {"model": {"name": "resnet18", "width": 0.125}, "data": {"batch_size": 512, "train_subset": 8192, "test_subset": 2048}}
+SCALED = {
+    "model": {"name": "resnet18", "width": 0.125},
+    "data": {"batch_size": 512, "train_subset": 8192, "test_subset": 2048},
+}
 OVERRIDES = ["model.width=0.125", "data.train_subset=8192", "data.test_subset=2048"]
 
 
@@ -49,7 +52,11 @@ def test_the_issues_scaled_down_run_opens_with_a_banner_and_takes_no_unfounded_v
         assert phrase in banner
     assert "`--set model.width=0.125`" in banner
     assert "Every verdict below is about this setting, not about the post's." in banner
-    verdicts = {int(line.split("|")[1]): line.split("|")[3].strip() for line in text.splitlines() if line[:4] in {f"| {n} " for n in range(1, 10)}}
+    verdicts = {
+        int(line.split("|")[1]): line.split("|")[3].strip()
+        for line in text.splitlines()
+        if line[:4] in {f"| {n} " for n in range(1, 10)}
+    }
     # claim 2 needs `unstable`, claim 7 `overfitting`: neither can be judged on 6 epochs
     assert verdicts[2] == verdicts[7] == "**inconclusive** (this setting)"
     assert all(v.endswith("(this setting)") for v in verdicts.values())
@@ -70,5 +77,7 @@ def test_a_study_config_that_sets_its_own_quick_epochs_is_the_reference(tmp_path
         folder = tmp_path / f"e{epochs}"
         run = {"cosine-seed0": (config(0, sgd(), {"name": "cosine"}, epochs), metrics(curve(0.9, n=epochs)))}
         write_study(folder, "group2", run)
-        (folder / "grid.yaml").write_text(yaml.safe_dump({"name": "group2", "source": str(source), "runs": ["cosine-seed0"]}))
+        (folder / "grid.yaml").write_text(
+            yaml.safe_dump({"name": "group2", "source": str(source), "runs": ["cosine-seed0"]})
+        )
         assert setting.differences(load_studies([folder])["group2"]) == expected

@@ -17,7 +17,7 @@ from fasttrick.results.runs import NotAGridFolder, read_grid
 from fasttrick.results.summary import write_summary
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fasttrick"
-RESULTS_MODULES = sorted((SRC / "results").glob("*.py")) + [SRC / "runfiles.py", SRC / "report.py"]
+RESULTS_MODULES = [*sorted((SRC / "results").glob("*.py")), SRC / "runfiles.py", SRC / "report.py"]
 
 
 def test_reading_results_imports_neither_the_engine_nor_pydantic():
