@@ -147,6 +147,7 @@ def main() -> int:
     parser.add_argument("target", choices=sorted(TARGETS))
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--jobs", type=int, default=1, help="mutants tested at once (one process each)")
+    parser.add_argument("--only", default="", help="comma-separated mutant numbers (as --list numbers them) to test")
     args = parser.parse_args()
     files, tests, extra = TARGETS[args.target]
     originals = {path: (REPO / "src" / path).read_text() for path in files}
@@ -163,7 +164,8 @@ def main() -> int:
         import torch  # noqa: F401  (paid once here, inherited by every child)
 
         start_time, survivors, running = time.time(), [], {}
-        pending = list(enumerate(everything, 1))
+        chosen = {int(n) for n in args.only.split(",") if n}
+        pending = [(n, m) for n, m in enumerate(everything, 1) if not chosen or n in chosen]
         while pending or running:
             while pending and len(running) < args.jobs:
                 number, mutant = pending.pop(0)
