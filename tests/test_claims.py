@@ -57,8 +57,8 @@ def group2(
     return [write_study(folder / "group2", "group2", runs)]
 
 
-def group3(folder: Path, *, adam=0.85, sgd_final=0.93, nadam=0.90, nadam_cosine=0.93):
-    adam_opt = {"name": "adam", "lr": 1e-3, "weight_decay": 5e-4}
+def group3(folder: Path, *, adam=0.85, sgd_final=0.93, nadam=0.90, nadam_cosine=0.93, adam_wd=5e-4):
+    adam_opt = {"name": "adam", "lr": 1e-3, "weight_decay": adam_wd}
     nadam_opt = {"name": "nadam", "lr": 1e-3, "weight_decay": 5e-4}
     step = {"name": "step", "step_size": "35%", "gamma": 0.1}
     runs = {
@@ -98,9 +98,9 @@ def overfitting(n: int) -> list[dict]:
 def l2(folder: Path, *, n=EPOCHS, small_overfits=True, good=0.90, wds=(0, 1e-2, 5e-2)):
     """The smallest weight decay over-fits (or not), 1e-2 ends at good, the largest stays near chance."""
     smallest, middle, largest = wds
-    wd = {smallest: overfitting(n) if small_overfits else metrics(curve(0.86, n=n))}
-    wd[middle] = metrics(curve(good if middle == 1e-2 else 0.88, n=n))
+    wd = {middle: metrics(curve(good if middle == 1e-2 else 0.88, n=n))}  # not in wd order: the claim sorts
     wd[largest] = metrics([0.10 + 0.01 * (e % 3) for e in range(n)])  # near chance throughout
+    wd[smallest] = overfitting(n) if small_overfits else metrics(curve(0.86, n=n))
     if 1e-2 not in wd:
         wd[1e-2] = metrics(curve(good, n=n))
     cosine = {"name": "cosine", "eta_min": 2e-3}
@@ -146,6 +146,12 @@ CASES = [
     (6, "confirmed", group3, "clearly"),
     (6, "refuted", lambda f: group3(f, adam=0.93), "clearly"),
     (6, "inconclusive", lambda f: group3(f, adam=0.922), "clearly"),
+    (
+        6,
+        "inconclusive",
+        lambda f: group3(f, adam_wd=0.0),
+        "needs exactly one config with Adam lr 1e-3, weight_decay > 0",
+    ),
     (7, "confirmed", l2, "overfitting in 1 of 1 seeds"),
     (7, "refuted", lambda f: l2(f, small_overfits=False), "overfitting in 0 of 1 seeds"),
     (7, "refuted", lambda f: l2(f, good=0.80), "1e-2 good"),
@@ -174,6 +180,13 @@ def test_a_verdict_is_immutable(tmp_path):
     verdict = evaluate_claims(load_studies(group1(tmp_path, {"sgd": (0.88, 0.93)})))[2]
     with pytest.raises(dataclasses.FrozenInstanceError):
         verdict.verdict = "confirmed"
+
+
+def test_verdicts_are_numbered_and_claim_3_rests_on_each_twin_once(tmp_path):
+    verdicts = evaluate_claims(load_studies(group1(tmp_path, {"sgd": (0.88, 0.91), "adam": (0.85, 0.88)}, 0.94)))
+    assert [v.claim for v in verdicts] == list(range(1, 10))
+    names = [g.name for g in verdicts[2].evidence]
+    assert sorted(names) == ["adam-constant", "adam-step", "sgd-constant", "sgd-cosine", "sgd-step"]
 
 
 def test_claim_3_names_the_optimizers_tested_present_and_in_the_post(tmp_path):

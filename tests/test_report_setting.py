@@ -41,8 +41,9 @@ def test_the_issues_scaled_down_run_opens_with_a_banner_and_takes_no_unfounded_v
     cosine = {"name": "cosine", "eta_min": 2e-3}
     l2_runs = {
         f"wd{wd}-seed0": (config(0, sgd(weight_decay=wd), cosine, 6), metrics(curve(0.6, n=6)))
-        for wd in (0, 5e-5, 5e-4, 5e-3, 1e-2, 5e-2)
+        for wd in (0, 5e-5, 5e-4, 5e-3, 1e-2)
     }
+    l2_runs["wd0.05-seed0"] = (config(0, sgd(weight_decay=5e-2), cosine, 6), metrics([0.1, 0.11, 0.1, 0.12, 0.1, 0.1]))
     l2 = write_study(tmp_path / "l2", "l2", l2_runs)
     scaled_down(l2, "l2", l2_runs)
     text = write_report([lr_momentum, l2]).read_text()
