@@ -108,7 +108,9 @@ def claim_3(studies: Studies) -> Decision:
         mine = [(c, s) for c, s in twins if _family(c) == family]
         outcome, reason = measured(lambda mine=mine: all_expected([compare(s, c, "final_val_acc") for c, s in mine]))
         parts.append((outcome, f"{family}: {reason}"))
-        evidence += [g for g in dict.fromkeys(g for pair in mine for g in pair) if g not in evidence]
+        for group in (g for pair in mine for g in pair):
+            if all(group is not seen for seen in evidence):  # by identity: a config twinned twice is one config
+                evidence.append(group)
     verdict, reason = combine(parts)
     scope = (
         f"{verdict} for {len(tested)} of {len(present)} optimizers present ({', '.join(tested)} of "
