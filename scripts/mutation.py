@@ -181,9 +181,8 @@ def main() -> int:
             verdict = "killed  " if killed else "SURVIVED"
             print(f"{number}/{len(everything)} {verdict} {describe(mutant, originals[mutant.path])}", flush=True)
         elapsed = time.time() - start_time
-        print(
-            f"\n{args.target}: {len(everything) - len(survivors)} of {len(everything)} mutants killed in {elapsed:.0f} s"
-        )
+        tested = len(chosen) if chosen else len(everything)
+        print(f"\n{args.target}: {tested - len(survivors)} of {tested} mutants killed in {elapsed:.0f} s")
         for number, mutant in sorted(survivors, key=lambda item: item[0]):
             print(f"survived #{number}:", describe(mutant, originals[mutant.path]))
     return 0

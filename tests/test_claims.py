@@ -176,6 +176,18 @@ def test_each_claim_reaches_each_outcome(tmp_path, claim, expected, build, phras
     assert phrase in verdict.reason
 
 
+def test_claim_7_without_weight_decays_names_what_is_missing(tmp_path):
+    cosine = {"name": "cosine", "eta_min": 2e-3}
+    runs = {
+        f"lr{lr}-seed0": (config(0, {"name": "fused_sgdw", "lr": lr}, cosine), metrics(curve(0.9))) for lr in (0.1, 0.2)
+    }
+    verdict = evaluate_claims(load_studies([write_study(tmp_path / "l2", "l2", runs)]))[6]
+    assert (verdict.verdict, verdict.reason) == (
+        "inconclusive",
+        "l2 has no weight_decay above 1e-2 (a 'too large' one)",
+    )
+
+
 def test_a_verdict_is_immutable(tmp_path):
     verdict = evaluate_claims(load_studies(group1(tmp_path, {"sgd": (0.88, 0.93)})))[2]
     with pytest.raises(dataclasses.FrozenInstanceError):

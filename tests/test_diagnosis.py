@@ -309,10 +309,15 @@ def test_val_loss_rising_without_a_growing_gap_is_not_overfitting():
 
 
 def test_a_val_loss_minimum_inside_the_last_window_is_not_overfitting():
+    """The last epoch has the lowest val loss (the window's mean is far above it, and its gap grew): not rising."""
     val_loss = [2.0, 2.0, 2.0, 4.0, 4.0, 4.0, 1.0]
-    assert (
-        diagnose(overfit_rows(val_loss, [0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0], [0.5] * 7), thresholds=EXACT).modes == ()
-    )
+    train_acc = [0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 0.5]
+    assert diagnose(overfit_rows(val_loss, train_acc, [0.5] * 7), thresholds=EXACT).modes == ()
+
+
+def test_a_val_loss_of_zero_is_its_minimum_without_dividing_by_it():
+    val_loss = [2.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert diagnose(overfit_rows(val_loss, [0.5] * 3 + [1.0] * 4, [0.5] * 7), thresholds=EXACT).modes == ()
 
 
 def test_overfitting_between_the_default_thresholds():
