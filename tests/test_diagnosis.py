@@ -379,3 +379,9 @@ def test_lr_floor_ignores_epochs_without_a_val_acc():
     history[0]["val_acc"] = None
     evidence = diagnose(history, thresholds=EXACT).findings[0].evidence
     assert evidence["val_acc_gain_before"] == 0.5 and evidence["epochs_below_floor"] == 5
+
+
+def test_a_val_loss_minimum_at_the_first_epoch_of_the_last_window_is_not_overfitting():
+    val_loss = [2.0, 2.0, 2.0, 1.0, 2.0, 2.0, 2.0]  # lowest at index 3 = n - window: inside the last window
+    train_acc = [0.5, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0]
+    assert diagnose(overfit_rows(val_loss, train_acc, [0.5] * 7), thresholds=EXACT).modes == ()
