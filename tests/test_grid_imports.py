@@ -12,9 +12,6 @@ from pathlib import Path
 import fasttrick
 
 ROOT = Path(fasttrick.__file__).resolve().parent
-# Results modules that engineer "results" moves out of grid/ into fasttrick.results (issue 12); drop this
-# set once they have moved.
-MOVING = {"fasttrick.grid.summary", "fasttrick.grid.plots", "fasttrick.grid.diagnosis", "fasttrick.grid.study_report"}
 
 
 def module_name(path: Path) -> str:
@@ -71,8 +68,6 @@ def test_imports_point_down():
 
 def test_modules_and_functions_are_small():
     for name, path in MODULES.items():
-        if name in MOVING:
-            continue
         source = path.read_text()
         assert len(source.splitlines()) < 400, name
         for node in ast.walk(ast.parse(source)):

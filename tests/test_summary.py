@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fasttrick.grid import plots
-from fasttrick.grid.summary import RESULT_KEYS, NotAGridFolder, read_grid, run_result, write_summary
+from fasttrick.results import plots
+from fasttrick.results.result import RESULT_KEYS, run_result
+from fasttrick.results.runs import NotAGridFolder, read_grid
+from fasttrick.results.summary import write_summary
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -195,10 +197,15 @@ def test_summary_markdown_table(summarised_grid):
     }
     assert cells[1]["status"] == "diverged (epoch 3)" and cells[1]["final val acc (%)"] == "-"
     assert cells[1]["diagnoses"] == "diverged"
-    assert "- **sgd_large_lr**: `diverged`: train loss 40 at epoch 2, above 4.61 (2 ln 10)" in text
+    assert (
+        "- **sgd_large_lr**: `diverged`: train loss 40 at epoch 2, above 4.61 (2 ln 10, Thresholds.diverged_loss)"
+        in text
+    )
     assert cells[2]["status"] == "running (epoch 2)"
     assert cells[3]["status"] == "pending" and cells[3]["best val acc (%)"] == "-"
-    assert "Best: **sgd_cosine**, 94.00% validation accuracy at epoch 4 of 5." in text
+    assert (
+        "Best (of the runs that did not diverge): **sgd_cosine**, 94.00% validation accuracy at epoch 4 of 5." in text
+    )
     assert "sgd_large_lr (diverged): train loss is nan at epoch 3" in text
     assert "final val acc" in text and "the last finished epoch's" in text  # says which number is which
 
@@ -275,6 +282,6 @@ def test_not_a_grid_folder(tmp_path):
 def test_unreadable_grid_file_lists_runs_by_name(tmp_path):
     grid_dir = write_synthetic_grid(tmp_path / "grid")
     (grid_dir / "grid.yaml").write_text("runs: [unclosed\n")
-    with pytest.warns(UserWarning, match="runs listed by name"):
+    with pytest.warns(UserWarning, match="grid.yaml: unreadable"):
         names = [run.name for run in read_grid(grid_dir)]
     assert names == ["adam_step", "nadam", "sgd_cosine", "sgd_large_lr"]

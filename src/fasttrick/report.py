@@ -21,8 +21,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .grid.study_report import ReportError, write_report
-from .grid.summary import NotAGridFolder
+from .results.report import write_report
+from .results.runs import NotAGridFolder
+from .results.study import ReportError
 
 EXIT_NOT_A_GRID = 2  # the exit code argparse uses for a bad command line
 

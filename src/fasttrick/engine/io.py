@@ -1,77 +1,30 @@
-"""Run-folder files, every one written atomically (temp file in the same folder, fsync, os.replace),
-and checkpoints written on a background thread so the next epoch does not wait for the disk."""
+"""Checkpoints: written atomically (through fasttrick.runfiles.atomic_write) on a background thread so the
+next epoch does not wait for the disk. The other run-folder files (status, metrics, JSON) live in
+fasttrick.runfiles, which needs no torch; they are re-exported here for the engine's callers."""
 
 from __future__ import annotations
 
-import csv
 import io
-import json
-import os
-import tempfile
 import threading
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-METRIC_KEYS = (
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "lr",
-    "epoch_seconds",
-    "images_per_s",
-    "elapsed_seconds",
-)
+from ..runfiles import METRIC_KEYS, atomic_write, read_json, read_status, write_json, write_metrics, write_status
 
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, value: Any) -> None:
-    atomic_write(path, json.dumps(value, indent=2) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def write_status(run_dir: Path, status: str, epoch: int, message: str | None = None) -> None:
-    write_json(run_dir / "status.json", {"status": status, "epoch": epoch, "message": message})
-
-
-def read_status(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return read_json(run_dir / "status.json")
-    except (OSError, ValueError):
-        return None
-
-
-def write_metrics(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """metrics.jsonl (the truth; NaN/inf written as Python's json writes them) and metrics.csv, both whole."""
-    atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(dict(row)) + "\n" for row in rows))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(METRIC_KEYS), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(run_dir / "metrics.csv", buffer.getvalue())
+__all__ = [
+    "METRIC_KEYS",
+    "CheckpointWriter",
+    "atomic_write",
+    "read_json",
+    "read_status",
+    "save_torch",
+    "to_cpu",
+    "write_json",
+    "write_metrics",
+    "write_status",
+]
 
 
 def save_torch(path: Path, state: Any) -> None:

@@ -28,7 +28,7 @@ from ..engine import (
     write_status,
     writing,
 )
-from .diagnosis import diagnose
+from ..results.diagnosis import diagnose
 from .expand import GridRun
 from .folder import TERMINAL
 
@@ -44,7 +44,7 @@ def execute_run(run: GridRun, run_dir: Path, session: Session, *, on_epoch_end: 
     both are returned; an interrupt and missing CIFAR-10 are recorded as interrupted and raised again,
     since they stop the grid.
     """
-    from .summary import run_result
+    from ..results.result import run_result
 
     try:
         outcome = train_run(run.config, run_dir, session, name=run.name, on_epoch_end=on_epoch_end)

@@ -6,10 +6,10 @@
                      status.json    pending | running | finished | diverged | failed | interrupted
                                     (+ epoch, message)
                      metrics.jsonl  one JSON object per finished epoch (the truth), metrics.csv the same
-                     result.json    fasttrick.grid.summary.run_result of a finished or diverged run
-                     diagnosis.json fasttrick.grid.diagnosis.diagnose of the same run (its failure modes)
+                     result.json    fasttrick.results.result.run_result of a finished or diverged run
+                     diagnosis.json fasttrick.results.diagnosis.diagnose of the same run (its failure modes)
                      environment.json, checkpoint.pt
-    <out>/summary.md, summary.csv, plots/   written when the grid ends (fasttrick.grid.summary)
+    <out>/summary.md, summary.csv, plots/   written when the grid ends (fasttrick.results.summary)
 
 Backends, all calling :func:`fasttrick.grid.execute.execute_run` once per run, into the same folders:
 
@@ -155,7 +155,7 @@ def _train(
 
 
 def _summarise(lock: GridLock, log: Callable[[str], None]) -> None:
-    from .summary import write_summary
+    from ..results.summary import write_summary
 
     if not lock.writable:
         log(f"summary: {lock.out} is read-only; its summary is left as it is")

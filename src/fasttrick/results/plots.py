@@ -19,11 +19,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..runfiles import finite
+from .diagnosis import THRESHOLDS
+
 Curves = Mapping[str, Sequence[Mapping[str, Any]]]
 
-# Cross-entropy of a uniform guess over CIFAR-10's 10 classes is ln 10 = 2.30; a training loss above
-# twice that is a run blowing up, and letting it set the y range would flatten every healthy curve.
-LOSS_CEILING = 2 * math.log(10)
+# A training loss above the diagnosis's diverged threshold (2 ln 10) is a run blowing up, and letting it set
+# the y range would flatten every healthy curve.
+LOSS_CEILING = THRESHOLDS.diverged_loss
 # Matplotlib's default cycle has 10 colours; past 10 runs the line style changes instead, so two runs
 # never share both colour and style.
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -73,7 +76,7 @@ def _overlay(curves: Curves, key: str, scale: float = 1.0) -> tuple[Figure, Any]
     ax = fig.add_subplot()
     for index, (label, rows) in enumerate(curves.items()):
         epochs = [row["epoch"] for row in rows]
-        values = [_finite_or_nan(row.get(key)) * scale for row in rows]
+        values = [math.nan if (value := finite(row.get(key))) is None else value * scale for row in rows]
         if not any(math.isfinite(v) for v in values):
             continue  # nothing to draw yet (a pending run, or diverged in its first epoch)
         (line,) = ax.plot(epochs, values, LINE_STYLES[index // 10 % len(LINE_STYLES)], label=label, linewidth=1.5)
@@ -90,10 +93,3 @@ def _overlay(curves: Curves, key: str, scale: float = 1.0) -> tuple[Figure, Any]
 
 def _title(what: str, grid_name: str | None) -> str:
     return f"{what}: {grid_name}" if grid_name else what
-
-
-def _finite_or_nan(value: Any) -> float:
-    if value is None:
-        return math.nan
-    value = float(value)
-    return value if math.isfinite(value) else math.nan

@@ -25,7 +25,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..runfiles import finite
+
 MODES = ("diverged", "not_learning", "unstable", "overfitting", "lr_floor")
+# What a diagnosis says about one mode of one run: the three outcomes are kept apart everywhere.
+FLAGGED, HEALTHY, NOT_JUDGED = "flagged", "healthy", "not judged"
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,10 @@ class Thresholds:
     diverged
         diverged_loss = 2 ln 10 = 4.6: a uniform guess over 10 classes costs ln 10 = 2.3; a training loss
         above twice that after the first epoch is a run blowing up, even while still finite.
+
+    Each mode judges only a run long enough for its measure (`shortest`); a shorter run is "not judged" for
+    it, never "healthy": unstable and overfitting need the first K epochs plus one window after them (7
+    epochs with these values), not_learning and lr_floor need min_early_epochs, diverged one epoch.
     """
 
     chance_acc: float = 0.10
@@ -86,6 +94,20 @@ class Thresholds:
     def window(self, epochs: int) -> int:
         """The number of epoch-to-epoch changes (unstable) or epochs (overfitting) in a window."""
         return max(self.min_swing_window, round(self.swing_window_fraction * epochs))
+
+    def judgeable(self, mode: str, epochs: int) -> bool:
+        """Whether a history of this many usable epochs holds the measure of mode."""
+        if mode in ("unstable", "overfitting"):  # one window after the first K epochs
+            return epochs - self.early_epochs(epochs) >= self.window(epochs)
+        if mode in ("not_learning", "lr_floor"):
+            return epochs >= self.min_early_epochs
+        if mode == "diverged":
+            return epochs >= 1
+        raise ValueError(f"unknown diagnosis mode {mode!r}; one of {', '.join(MODES)}")
+
+    def shortest(self, mode: str) -> int:
+        """The shortest run (in epochs) that mode can judge."""
+        return next(n for n in itertools.count(1) if self.judgeable(mode, n))
 
 
 THRESHOLDS = Thresholds()
@@ -113,12 +135,21 @@ class Diagnosis:
     def modes(self) -> tuple[str, ...]:
         return tuple(finding.mode for finding in self.findings)
 
+    def outcome(self, mode: str, scope: str | None = None) -> str:
+        """FLAGGED (the measure says yes; for not_learning, in that scope when given), NOT_JUDGED (the run is too
+        short for the measure) or HEALTHY (the measure was taken and says no)."""
+        if any(f.mode == mode and (scope is None or f.evidence.get("scope") == scope) for f in self.findings):
+            return FLAGGED
+        return NOT_JUDGED if mode in self.not_judged else HEALTHY
+
     def to_json(self) -> dict[str, Any]:
-        """diagnosis.json's content: strict JSON (no NaN), with the thresholds it was judged by."""
+        """diagnosis.json's content: strict JSON (no NaN), with the thresholds it was judged by and the shortest
+        run each mode can judge."""
         return {
             "epochs": self.epochs,
             "diagnoses": [asdict(finding) for finding in self.findings],
             "not_judged": self.not_judged,
+            "shortest_judged_run": {mode: self.thresholds.shortest(mode) for mode in MODES},
             "thresholds": asdict(self.thresholds),
         }
 
@@ -129,7 +160,8 @@ def diagnose(
     """Diagnose one run from its metrics rows (metrics.jsonl, in epoch order) and its status, if known.
 
     Findings come in `MODES` order. Modes that need more epochs than the history holds are listed in
-    ``not_judged`` with the reason; a pending run (no rows) is judged on nothing.
+    ``not_judged`` with the reason; a pending run (no rows) is judged on nothing (a trainer's "diverged"
+    status still counts).
     """
     findings: list[Finding] = []
     not_judged: dict[str, str] = {}
@@ -164,6 +196,8 @@ Outcome = Finding | str | None  # a finding, the reason it could not be judged, 
 def _diverged(metrics: Sequence[Mapping[str, Any]], status: str | None, t: Thresholds) -> Outcome:
     """The first epoch with a non-finite loss, or a training loss past `Thresholds.diverged_loss` after the
     first epoch; else the trainer's own "diverged" status."""
+    if status != "diverged" and not t.judgeable("diverged", len(metrics)):
+        return f"needs {t.shortest('diverged')} finished epoch, has none"
     for index, row in enumerate(metrics):
         for key in ("train_loss", "val_loss"):
             value = row.get(key)
@@ -173,11 +207,12 @@ def _diverged(metrics: Sequence[Mapping[str, Any]], status: str | None, t: Thres
                     f"{key} is {float(value)} at epoch {row['epoch']}",
                     {"epoch": row["epoch"], "metric": key, "status": status},
                 )
-        loss = _finite(row.get("train_loss"))
+        loss = finite(row.get("train_loss"))
         if index > 0 and loss is not None and loss > t.diverged_loss:
             return Finding(
                 "diverged",
-                f"train loss {loss:.3g} at epoch {row['epoch']}, above {t.diverged_loss:.2f} (2 ln 10)",
+                f"train loss {loss:.3g} at epoch {row['epoch']}, above {t.diverged_loss:.3g} "
+                f"({t.diverged_loss / math.log(10):.3g} ln 10, Thresholds.diverged_loss)",
                 {"epoch": row["epoch"], "metric": "train_loss", "value": _round(loss), "status": status},
             )
     if status == "diverged":
@@ -188,8 +223,8 @@ def _diverged(metrics: Sequence[Mapping[str, Any]], status: str | None, t: Thres
 
 def _not_learning(metrics: Sequence[Mapping[str, Any]], t: Thresholds) -> Outcome:
     scored = _series(metrics, "val_acc")
-    if len(scored) < t.min_early_epochs:
-        return f"needs {t.min_early_epochs} epochs with a val acc, has {len(scored)}"
+    if not t.judgeable("not_learning", len(scored)):
+        return f"needs {t.shortest('not_learning')} epochs with a val acc, has {len(scored)}"
     ceiling = t.chance_acc + t.near_chance_margin
     accs = [acc for _, acc in scored]
     if max(accs) <= ceiling:
@@ -217,10 +252,10 @@ def _not_learning(metrics: Sequence[Mapping[str, Any]], t: Thresholds) -> Outcom
 
 
 def _unstable(metrics: Sequence[Mapping[str, Any]], t: Thresholds) -> Outcome:
+    n = len(_series(metrics, "val_acc"))
+    if not t.judgeable("unstable", n):
+        return f"needs {t.shortest('unstable')} epochs with a val acc, has {n}"
     windows = _swing_windows(metrics, t)
-    if not windows:
-        n = len(_series(metrics, "val_acc"))
-        return f"needs {t.early_epochs(n) + t.window(n)} epochs with a val acc, has {n}"
     swinging = [w for w in windows if w[0] > t.swing_spread and -min(w[2]) >= t.swing_drop]
     if not swinging:
         return None
@@ -241,12 +276,12 @@ def _unstable(metrics: Sequence[Mapping[str, Any]], t: Thresholds) -> Outcome:
 
 def _overfitting(metrics: Sequence[Mapping[str, Any]], t: Thresholds) -> Outcome:
     rows = [
-        row for row in metrics if all(_finite(row.get(key)) is not None for key in ("val_loss", "train_acc", "val_acc"))
+        row for row in metrics if all(finite(row.get(key)) is not None for key in ("val_loss", "train_acc", "val_acc"))
     ]
     n = len(rows)
+    if not t.judgeable("overfitting", n):
+        return f"needs {t.shortest('overfitting')} epochs with val loss and both accuracies, has {n}"
     window = t.window(n)
-    if n < t.early_epochs(n) + window:
-        return f"needs {t.early_epochs(n) + window} epochs with val loss and both accuracies, has {n}"
     lowest = min(range(n), key=lambda i: rows[i]["val_loss"])
     last = rows[-window:]
     if lowest >= n - window:
@@ -275,10 +310,10 @@ def _overfitting(metrics: Sequence[Mapping[str, Any]], t: Thresholds) -> Outcome
 
 
 def _lr_floor(metrics: Sequence[Mapping[str, Any]], t: Thresholds) -> Outcome:
-    rows = [row for row in metrics if _finite(row.get("lr")) is not None and _finite(row.get("val_acc")) is not None]
+    rows = [row for row in metrics if finite(row.get("lr")) is not None and finite(row.get("val_acc")) is not None]
     n = len(rows)
-    if n < t.min_early_epochs:
-        return f"needs {t.min_early_epochs} epochs with an lr and a val acc, has {n}"
+    if not t.judgeable("lr_floor", n):
+        return f"needs {t.shortest('lr_floor')} epochs with an lr and a val acc, has {n}"
     peak = max(row["lr"] for row in rows)
     floor = peak * t.lr_floor_ratio
     crossing = next((i for i, row in enumerate(rows) if row["lr"] < floor), None)
@@ -298,7 +333,7 @@ def _lr_floor(metrics: Sequence[Mapping[str, Any]], t: Thresholds) -> Outcome:
     why = "while val acc was still improving" if still_improving else "in the first half of the run"
     return Finding(
         "lr_floor",
-        f"lr {at_crossing['lr']:.2g} < {floor:.2g} (peak {peak:.2g} / 1000) from epoch {at_crossing['epoch']}, "
+        f"lr {at_crossing['lr']:.2g} < {floor:.2g} (peak {peak:.2g} x {t.lr_floor_ratio:g}) from epoch {at_crossing['epoch']}, "
         f"{epochs_below} of {n} epochs, {why}; val acc {_points(gain_before, signed=True)} in the "
         f"{at_crossing['epoch'] - before['epoch']} epochs before, {_points(gain_after, signed=True)} after",
         {
@@ -333,14 +368,7 @@ def _swing_windows(metrics: Sequence[Mapping[str, Any]], t: Thresholds) -> list[
 
 def _series(metrics: Sequence[Mapping[str, Any]], key: str) -> list[tuple[int, float]]:
     """(epoch, value) for the rows whose value is finite."""
-    return [(row["epoch"], value) for row in metrics if (value := _finite(row.get(key))) is not None]
-
-
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    return [(row["epoch"], value) for row in metrics if (value := finite(row.get(key))) is not None]
 
 
 def _round(value: float) -> float:
