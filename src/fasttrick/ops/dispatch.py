@@ -211,6 +211,7 @@ def _probe_launch(update: SgdwFn, device: torch.device) -> None:
         )
 
 
+@functools.cache  # one function object per backend: the optimizer and the probes share it
 def _backend_function(name: str) -> SgdwFn:
     if name == "reference":
         return sgdw_reference_
