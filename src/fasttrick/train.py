@@ -171,11 +171,10 @@ def describe(grid, selected, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    # Imports after parsing: --help answers without loading torch.
+    # Imports after parsing: --help does not wait for the engine, data and Ray modules.
     from .config import ConfigError
     from .data import DataSourceError
-    from .engine import Interrupted
-    from .engine import CheckpointError
+    from .engine import CheckpointError, Interrupted
     from .grid import load_grid
     from .grid.folder import GridFolderError
     from .grid.memory import DoesNotFit
