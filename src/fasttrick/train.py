@@ -12,9 +12,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .config import PROFILE_DEFAULTS
-from .grid.options import BACKENDS
-
 EXAMPLES = """\
 examples:
   python -m fasttrick.train --config configs/smoke.yaml                    # CPU, < 2 minutes
@@ -43,6 +40,10 @@ would not fit the GPU's memory; 130 interrupted (rerun the same command to resum
 
 
 def parser() -> argparse.ArgumentParser:
+    # Imported here, not at the top: they need the study extra, which main() checks for first.
+    from .config import PROFILE_DEFAULTS
+    from .grid.options import BACKENDS
+
     p = argparse.ArgumentParser(
         prog="python -m fasttrick.train",
         description="\n\n".join(textwrap.fill(" ".join(part.split()), 100) for part in __doc__.split("\n\n")[:2]),
@@ -170,17 +171,16 @@ def describe(grid, selected, out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    # Imports after parsing: --help answers without loading torch.
     from ._backend import study_extra_error
 
     if (missing := study_extra_error()) is not None:  # `pip install fasttrick` alone: the optimizer only
         print(f"python -m fasttrick.train: {missing}", file=sys.stderr)
         return 2
+    args = parser().parse_args(argv)
+    # Imports after parsing: --help does not wait for the engine, data and Ray modules.
     from .config import ConfigError
     from .data import DataSourceError
-    from .engine import Interrupted
-    from .engine import CheckpointError
+    from .engine import CheckpointError, Interrupted
     from .grid import load_grid
     from .grid.folder import GridFolderError
     from .grid.memory import DoesNotFit
@@ -229,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Interrupted):
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+    return _report_statuses(statuses)
+
+
+def _report_statuses(statuses: dict[str, str]) -> int:
+    """Prints how the grid's runs ended; the exit code: 1 if any failed or was interrupted, else 0."""
     counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
     print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if "interrupted" in statuses.values():
