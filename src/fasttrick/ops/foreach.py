@@ -49,20 +49,12 @@ def sgdw_foreach_(
         return
     if hyper is not None:  # the schema's compiled form; the optimizer calls this backend with plain floats
         lr, momentum, dampening, weight_decay = hyper.tolist()
-    if lr_tensor is not None:
-        lr = lr_tensor
     device = params[0].device
     opmath = momentum_dtype(params[0].dtype)
-    skip: Tensor | None = None  # 0-d bool on the device: the step is skipped (AMP found inf/NaN)
-    if found_inf is not None:
-        found = _host_value(found_inf)
-        if found is None:
-            skip = found_inf.to(device) != 0
-        elif found != 0:
-            return  # a skipped step changes nothing
-    if isinstance(lr, Tensor):
-        host_lr = _host_value(lr)
-        lr = lr.to(device=device, dtype=opmath) if host_lr is None else host_lr
+    scalars = _step_scalars(lr_tensor if lr_tensor is not None else lr, found_inf, device, opmath)
+    if scalars is None:
+        return  # a skipped step changes nothing
+    lr, skip = scalars
 
     # fp16/bf16 params and grads are worked on in fp32 copies; fp32/fp64 ones in place.
     low_precision = params[0].dtype != opmath
@@ -77,29 +69,11 @@ def sgdw_foreach_(
         if low_precision:
             _commit(grads, g, skip)
 
-    d = g  # the gradient term; a new list (ours to overwrite) once it differs from the grads
-    if maximize:
-        d = _foreach("neg", d, d is not grads)
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            decay = 1 - lr * weight_decay
-            if skip is not None:
-                decay = torch.where(skip, 1.0, torch.as_tensor(decay, dtype=opmath, device=device))
-            torch._foreach_mul_(p, decay)
-        else:
-            d = _foreach("add", d, d is not grads, p, alpha=weight_decay)
+    d = _gradient_term(p, g, grads, lr, skip, weight_decay, maximize, decoupled_weight_decay)
 
     u = d  # the update direction
     if momentum_buffers:
-        bufs = momentum_buffers
-        if first_step:
-            b = d
-        else:
-            b = _foreach("mul", bufs, skip is None, momentum)  # into a temporary when the step may be skipped
-            torch._foreach_add_(b, d, alpha=1 - dampening)
-        if b is not bufs:
-            _commit(bufs, b, skip)
-        u = _foreach("add", d, d is not grads, b, alpha=momentum) if nesterov else b
+        u = _momentum_direction(d, grads, momentum_buffers, skip, momentum, dampening, nesterov, first_step)
 
     # p -= lr * u, in place unless the step may be skipped (then p is a temporary committed below).
     in_place = skip is None or low_precision
@@ -112,6 +86,75 @@ def sgdw_foreach_(
         _commit(p, new_p, skip)
     if low_precision:
         _commit(params, p, skip)  # rounds to the params' dtype
+
+
+def _step_scalars(
+    lr: float | Tensor, found_inf: Tensor | None, device: torch.device, opmath: torch.dtype
+) -> tuple[float | Tensor, Tensor | None] | None:
+    """(lr, skip) for this step, or None when found_inf says on the host that the step is skipped.
+
+    lr: a float, or a 0-d opmath tensor on `device` when reading it would sync a device; skip: None, or a
+    0-d bool on `device` (the AMP step may be skipped; every write is then masked).
+    """
+    skip = None
+    if found_inf is not None:
+        found = _host_value(found_inf)
+        if found is None:
+            skip = found_inf.to(device) != 0
+        elif found != 0:
+            return None
+    if isinstance(lr, Tensor):
+        host_lr = _host_value(lr)
+        lr = lr.to(device=device, dtype=opmath) if host_lr is None else host_lr
+    return lr, skip
+
+
+def _gradient_term(
+    p: list[Tensor],
+    g: list[Tensor],
+    grads: list[Tensor],
+    lr: float | Tensor,
+    skip: Tensor | None,
+    weight_decay: float,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+) -> list[Tensor]:
+    """d = -g if maximize, + weight_decay * p (coupled L2); decoupled decay scales p in place instead.
+    d is g itself, or a new list (ours to overwrite) once it differs from the grads."""
+    d = g
+    if maximize:
+        d = _foreach("neg", d, d is not grads)
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            decay = 1 - lr * weight_decay
+            if skip is not None:
+                decay = torch.where(skip, 1.0, torch.as_tensor(decay, dtype=p[0].dtype, device=p[0].device))
+            torch._foreach_mul_(p, decay)
+        else:
+            d = _foreach("add", d, d is not grads, p, alpha=weight_decay)
+    return d
+
+
+def _momentum_direction(
+    d: list[Tensor],
+    grads: list[Tensor],
+    bufs: list[Tensor],
+    skip: Tensor | None,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    first_step: bool,
+) -> list[Tensor]:
+    """Updates the buffers (b = d on a first step, else b = momentum * b + (1 - dampening) * d) and returns
+    the update direction: d + momentum * b with nesterov, else b."""
+    if first_step:
+        b = d
+    else:
+        b = _foreach("mul", bufs, skip is None, momentum)  # into a temporary when the step may be skipped
+        torch._foreach_add_(b, d, alpha=1 - dampening)
+    if b is not bufs:
+        _commit(bufs, b, skip)
+    return _foreach("add", d, d is not grads, b, alpha=momentum) if nesterov else b
 
 
 def _host_value(t: Tensor) -> float | None:

@@ -279,6 +279,37 @@ def _f64_bits(value: float) -> int:
     return struct.unpack("<q", struct.pack("<d", float(value)))[0]
 
 
+def _check_arguments(
+    param: Tensor,
+    momentum: float,
+    has_momentum: bool,
+    n_buffers: int,
+    lr_tensor: Tensor | None,
+    hyper: Tensor | None,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> None:
+    """The launch's own checks (the per-tensor layout checks are `_launch_tables`'): what the kernel reads
+    must have the dtype it reads it as, on the params' device."""
+    if param.dtype not in _TL_DTYPE:
+        raise TypeError(f"the triton backend supports float32/float16/bfloat16/float64 params, got {param.dtype}")
+    if hyper is None and (momentum != 0) != has_momentum:
+        raise ValueError(f"momentum {momentum} with {n_buffers} buffers: momentum != 0 takes one per param")
+    for name, t, dtypes in (
+        ("lr_tensor", lr_tensor, (torch.float32, torch.float64)),
+        ("hyper", hyper, (torch.float64,)),
+        ("grad_scale", grad_scale, (torch.float32,)),
+        ("found_inf", found_inf, (torch.float32,)),
+    ):
+        if t is not None and (
+            t.device != param.device or t.dtype not in dtypes or t.numel() != (4 if name == "hyper" else 1)
+        ):
+            raise ValueError(
+                f"the triton backend needs {name} as a {dtypes} tensor on {param.device}, "
+                f"got {t.dtype} {tuple(t.shape)} on {t.device}"
+            )
+
+
 def sgdw_triton_(
     params: list[Tensor],
     grads: list[Tensor],
@@ -299,24 +330,8 @@ def sgdw_triton_(
     if not params:
         return
     dtype = params[0].dtype
-    if dtype not in _TL_DTYPE:
-        raise TypeError(f"the triton backend supports float32/float16/bfloat16/float64 params, got {dtype}")
     has_momentum = bool(momentum_buffers)
-    if hyper is None and (momentum != 0) != has_momentum:
-        raise ValueError(f"momentum {momentum} with {len(momentum_buffers)} buffers: momentum != 0 takes one per param")
-    device = params[0].device
-    for name, t, dtypes in (
-        ("lr_tensor", lr_tensor, (torch.float32, torch.float64)),
-        ("hyper", hyper, (torch.float64,)),
-        ("grad_scale", grad_scale, (torch.float32,)),
-        ("found_inf", found_inf, (torch.float32,)),
-    ):
-        if t is not None and (
-            t.device != device or t.dtype not in dtypes or t.numel() != (4 if name == "hyper" else 1)
-        ):
-            raise ValueError(
-                f"the triton backend needs {name} as a {dtypes} tensor on {device}, got {t.dtype} {tuple(t.shape)} on {t.device}"
-            )
+    _check_arguments(params[0], momentum, has_momentum, len(momentum_buffers), lr_tensor, hyper, grad_scale, found_inf)
     tables = _launch_tables(params, grads, momentum_buffers)
     n_programs = tables.program_tensor.numel()
     if n_programs == 0:
