@@ -184,6 +184,8 @@ def _launch_error(name: str, device: torch.device) -> str | None:
     """None if a tiny launch of `name`'s update on `device` computes the right values, else why not."""
     if device.type == "cuda" and not torch.cuda.is_available():
         return "no CUDA device here (torch.cuda.is_available() is False)"
+    if device.type == "meta":
+        return None  # meta tensors hold shapes, no values: there is no result to check
     try:
         _probe_launch(_backend_function(name), device)
     except Exception as exc:  # whatever the kernel raises is the cause to report
