@@ -27,8 +27,8 @@ def scaled_down(folder, name: str, runs: dict) -> None:
 
 
 def test_the_reference_values_are_the_schemas_defaults_and_the_quick_profile():
-    from fasttrick.config import DataConfig, ModelConfig
-    from fasttrick.grid import PROFILE_DEFAULTS
+    from fasttrick.config import PROFILE_DEFAULTS, DataConfig
+    from fasttrick.config.schema import ModelConfig
 
     assert ModelConfig().width == setting.POST_WIDTH
     assert DataConfig().train_subset is None and DataConfig().test_subset is None
