@@ -11,10 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from results_helpers import EPOCHS, config, curve, metrics, sgd, write_lr_momentum, write_study
 
 from fasttrick.results.claims import evaluate_claims
 from fasttrick.results.study import load_studies
+
+from results_helpers import EPOCHS, config, curve, metrics, sgd, write_lr_momentum, write_study
 
 SHORT = 6  # the scaled-down run: too short for `unstable` and `overfitting` (both judge from 7 epochs)
 

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import yaml
-from results_helpers import config, curve, metrics, sgd, write_lr_momentum, write_study
 
 from fasttrick.results import setting
 from fasttrick.results.report import write_report
 from fasttrick.results.study import load_studies
+
+from results_helpers import config, curve, metrics, sgd, write_lr_momentum, write_study
 
 SCALED = {
     "model": {"name": "resnet18", "width": 0.125},

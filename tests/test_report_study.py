@@ -17,30 +17,9 @@ from fasttrick.results.claims import evaluate_claims
 from fasttrick.results.report import write_report
 from fasttrick.results.study import load_studies
 
+from results_helpers import EPOCHS, curve, metrics
+
 REPO = Path(__file__).resolve().parents[1]
-EPOCHS = 30  # the quick profile's length (a shorter run is another setting); the early epoch is ceil(0.25 * 30) = 8
-
-
-def curve(final: float, *, rate: float = 4.0, swing: float = 0.0, n: int = EPOCHS) -> list[float]:
-    """Val acc rising from ~0.3 to `final` (faster with a larger rate), plus an alternating swing (points / 100)."""
-    return [
-        final - (final - 0.3) * math.exp(-rate * e / n) + (swing * (1 if e % 2 else -1) if e >= 3 else 0.0)
-        for e in range(n)
-    ]
-
-
-def metrics(val_acc: list[float], lr: float = 0.1) -> list[dict]:
-    return [
-        {
-            "epoch": e + 1,
-            "train_loss": 1.5 - a,
-            "train_acc": min(1.0, a + 0.01),
-            "val_loss": 1.6 - a,
-            "val_acc": a,
-            "lr": lr,
-        }
-        for e, a in enumerate(val_acc)
-    ]
 
 
 def config(seed: int, optimizer: dict, scheduler: dict) -> dict:

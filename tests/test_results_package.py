@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from results_helpers import config, curve, metrics, sgd, write_study
 
 from fasttrick import runfiles
 from fasttrick.results.runs import NotAGridFolder, read_grid
 from fasttrick.results.summary import write_summary
+
+from results_helpers import config, curve, metrics, sgd, write_study
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fasttrick"
 RESULTS_MODULES = [*sorted((SRC / "results").glob("*.py")), SRC / "runfiles.py", SRC / "report.py"]
