@@ -43,7 +43,9 @@ def sgdw_reference_(
 ) -> None:
     if hyper is not None:  # the op schema's compiled form (ops/library.py): plain Python tracing needs none
         lr, momentum, dampening, weight_decay = hyper.tolist()
-    has_momentum = bool(momentum_buffers)
+    # len(), not bool(list): torch 2.11's Dynamo cannot trace bool() of a list; it breaks the graph there,
+    # which makes momentum a constant of the resumed frame (a recompile per new value under OneCycleLR).
+    has_momentum = len(momentum_buffers) > 0
     for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
         opmath = momentum_dtype(param.dtype)
         lr_ = lr_tensor.to(opmath).reshape(()) if lr_tensor is not None else lr  # a 0-d temporary
