@@ -6,8 +6,8 @@ Each grid setting runs twice, in the order 1, 2, 2, 1 workers.
     FASTTRICK_DATA=... pytest benchmarks/test_bench_grid.py --benchmark-only -s
 
 Each measurement is one ``python -m fasttrick.train`` command, timed from launch to exit, as a user
-would time it; the CIFAR-10 cache is built before, so no measurement decodes JPEGs. Targets (the
-issue's): 2 workers <= 0.85 x the wall time of 1 worker on a 2-core machine; Ray's overhead <= 10 s.
+would time it; the CIFAR-10 cache is built before, so no measurement decodes JPEGs. Targets: 2
+workers <= 0.85 x the wall time of 1 worker on a 2-core machine; Ray's overhead <= 10 s.
 They are reported against the targets (extra_info, and the printed lines), not asserted: a timing
 depends on the machine's load, and a benchmark measures. extra_info carries the load average before
 and after; the figures mean little under a load of another job. About 3.5 minutes on 2 cores.
@@ -38,7 +38,7 @@ RAY_OVERHEAD_TARGET_S = 10.0
 def cache(tmp_path_factory) -> dict[str, str]:
     """The environment of the timed commands, its CIFAR-10 cache already built."""
     if not os.environ.get("FASTTRICK_DATA"):
-        pytest.skip("FASTTRICK_DATA is unset: point it at CIFAR-10 (e.g. ../shared/data/cifar10-jpeg.tar.xz)")
+        pytest.skip("FASTTRICK_DATA is unset: point it at a CIFAR-10 archive or folder (see docs/running.md)")
     env = {**os.environ, "FASTTRICK_CACHE": str(tmp_path_factory.mktemp("fasttrick-cache"))}
     subprocess.run([sys.executable, "-m", "fasttrick.data", "prepare"], env=env, check=True, capture_output=True)
     return env

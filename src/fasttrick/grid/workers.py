@@ -227,6 +227,7 @@ class _Pool:
                 worker.send(run, self.out)
 
     def finish(self, worker: _Worker, status: str) -> None:
+        assert worker.run is not None, "finish() is for a worker that holds a run"
         name = worker.run.name
         self.statuses[name] = status
         elapsed = time.perf_counter() - worker.started

@@ -146,7 +146,7 @@ def _store_step(
     """Writes a tensor's step: the new param, buffer and (AMP) unscaled grad, or nothing on a skipped step."""
     skip = None if found_inf is None else found_inf.to(param.device) != 0
     _store(param, p, skip)
-    if buf is not None:
+    if buf is not None and b is not None:
         _store(buf, b, skip)
     if grad_scale is not None:
         opmath = momentum_dtype(param.dtype)

@@ -6,7 +6,7 @@ import itertools
 import numbers
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast, overload
 
 import torch
 from torch import Tensor
@@ -225,11 +225,11 @@ class FusedSGDW(Optimizer):
                 f"{len(self.param_groups)}; build the optimizer with the groups it was saved from"
             )
         groups = [loaded_group(s, g["backend"]) for s, g in zip(saved_groups, self.param_groups, strict=True)]
-        for index, (group, current) in enumerate(zip(groups, self.param_groups, strict=True)):
-            if group["members"] != current["members"]:
+        for index, (group, own) in enumerate(zip(groups, self.param_groups, strict=True)):
+            if group["members"] != own["members"]:
                 raise ValueError(
                     f"FusedSGDW: param group {index} of the state_dict has {group['members']} members, this "
-                    f"optimizer's {current['members']}; build the optimizer with the members it was saved with"
+                    f"optimizer's {own['members']}; build the optimizer with the members it was saved with"
                 )
             _check_hyperparameters(group)
         tables = [group.get(MEMBER_TABLE) for group in self.param_groups]
@@ -249,6 +249,11 @@ class FusedSGDW(Optimizer):
                 _install_member_table(self.param_groups[index], table.shape[1], table)
         for p, buf in buffers.items():
             self.state[p]["momentum_buffer"] = buf.to(device=p.device, dtype=_buffer_dtype(p), copy=True)
+
+    @overload
+    def step(self, closure: None = None) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -362,7 +367,10 @@ def _buffer_dtype(p: Tensor) -> torch.dtype:
 
 
 def _local_tensors(
-    param: Tensor, grad: Tensor, buf: Tensor | None, dtensor: type | tuple[()]
+    param: Tensor,
+    grad: Tensor,
+    buf: Tensor | None,
+    dtensor: Any,  # DTensor, or () (see _dtensor_class)
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """What a kernel updates in place: a DTensor's local shard (its own data_ptr() is 0), and a
     complex tensor as its real view (the update is linear with real coefficients, as torch does it)."""
@@ -377,8 +385,9 @@ def _local_tensors(
                     f"with the same mesh and placements ({param.placements} on {param.device_mesh}), got {got}; "
                     "redistribute it first"
                 )
-        param, grad = param.to_local(), grad.to_local()
-        buf = None if buf is None else buf.to_local()
+        # grad and buf are DTensors too (checked above), which mypy cannot tell from `dtensor`.
+        param, grad = param.to_local(), cast(Any, grad).to_local()
+        buf = None if buf is None else cast(Any, buf).to_local()
     elif isinstance(grad, dtensor) or isinstance(buf, dtensor):
         raise ValueError("FusedSGDW: a plain tensor param has a DTensor grad or momentum buffer; make both DTensors")
     if param.is_complex():
@@ -436,7 +445,7 @@ def _check_hyperparameters(group: dict[str, Any]) -> None:
                 f"FusedSGDW: {key} must be a number (lr: or a one-element tensor), got {type(value).__name__}; "
                 "a value per member takes members=K"
             )
-        if key in _NON_NEGATIVE and not value >= 0.0:
+        if key in _NON_NEGATIVE and not float(value) >= 0.0:
             raise ValueError(f"Invalid {_NON_NEGATIVE[key]}: {value}")
     if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
