@@ -94,7 +94,7 @@ def test_ray_fixed_overhead(benchmark, cache, tmp_path):
     before = load()
     local_s, _ = train(cache, tmp_path / "local", *ONE_SMALL_RUN)
     ray_s, printed = benchmark.pedantic(
-        train, args=(cache, tmp_path / "ray", *ONE_SMALL_RUN, "--backend", "ray"), rounds=1
+        train, args=(cache, tmp_path / "ray", *ONE_SMALL_RUN, "--executor", "ray"), rounds=1
     )
     overhead = ray_s - local_s
     ready = re.search(r"ready in ([\d.]+) s", printed)

@@ -298,7 +298,7 @@ def test_names_defined_once_agree_with_their_owners():
     """config imports no torch, so it spells out FusedSGDW's backends and CIFAR-10's size; these tie them."""
     from fasttrick.config.schema import CIFAR10_TRAIN_IMAGES, FusedSGDWConfig
     from fasttrick.data import NUM_TRAIN
-    from fasttrick.ops import BACKENDS
+    from fasttrick.ops import KERNEL_BACKENDS
 
-    assert get_args(FusedSGDWConfig.model_fields["backend"].annotation) == BACKENDS
+    assert get_args(FusedSGDWConfig.model_fields["backend"].annotation) == KERNEL_BACKENDS
     assert CIFAR10_TRAIN_IMAGES == NUM_TRAIN

@@ -1,4 +1,4 @@
-"""``--backend ray`` through a local Ray instance started by these tests (this machine's CPUs, dashboard
+"""``--executor ray`` through a local Ray instance started by these tests (this machine's CPUs, dashboard
 off, every service on 127.0.0.1; no external cluster), on the tiny smoke grid of test_grid_workers.py:
 two runs at once, the same metrics as the in-process runner (exactly, one thread a run), a worker
 SIGKILLed mid-run and its task retried from the checkpoint, a rerun that trains nothing.
@@ -35,7 +35,7 @@ needs_ray = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def local_ray(grid_cache):  # noqa: F811 (the fixture imported above)
-    """A local Ray instance for this module; run_grid(backend="ray") finds it running and leaves it so."""
+    """A local Ray instance for this module; run_grid(executor="ray") finds it running and leaves it so."""
     from fasttrick.grid.ray_backend import RayCluster
 
     lines: list[str] = []
@@ -55,7 +55,7 @@ def test_ray_grid_matches_the_local_runner_and_a_killed_worker_is_retried(
     out = tmp_path / "out"
     hook = EpochLog(tmp_path / "epochs.jsonl", meet=2, kill="adamw-cosine-warmup-seed0")
     lines: list[str] = []
-    statuses = run_grid(tiny_grid(), out, backend="ray", on_epoch_end=hook, session=Session(log=lines.append))
+    statuses = run_grid(tiny_grid(), out, executor="ray", on_epoch_end=hook, session=Session(log=lines.append))
     assert statuses == dict.fromkeys(RUNS, "finished")
     assert "ray: 3 runs submitted, 1 CPU(s) and 0 GPU(s) each" in lines
     assert hook.ran_concurrently()
@@ -65,7 +65,7 @@ def test_ray_grid_matches_the_local_runner_and_a_killed_worker_is_retried(
     assert not (out / ".fasttrick-ray-storage").exists()
 
     lines.clear()
-    assert run_grid(tiny_grid(), out, backend="ray", session=Session(log=lines.append)) == statuses
+    assert run_grid(tiny_grid(), out, executor="ray", session=Session(log=lines.append)) == statuses
     assert sum("finished already, skipped" in line for line in lines) == 3
     assert not any("submitted" in line for line in lines)
 
@@ -125,14 +125,18 @@ def test_the_local_instance_listens_on_localhost_only(local_ray):
 )
 def test_gpu_requests_the_cluster_cannot_meet_are_refused(local_ray, tmp_path, capsys, extra, problem):
     out = tmp_path / "out"
-    assert main(["--config", str(SMOKE), "--out", str(out), *CLI_TINY, "--backend", "ray", *extra]) == 2
+    assert main(["--config", str(SMOKE), "--out", str(out), *CLI_TINY, "--executor", "ray", *extra]) == 2
     assert problem in capsys.readouterr().err
     assert not out.exists()
 
 
-def test_the_ray_backend_without_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("flag", ["--executor", "--backend"])
+def test_the_ray_executor_without_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys, flag):
+    """--backend, the flag's old name, still selects the executor, and says it is deprecated."""
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     out = tmp_path / "out"
-    assert main(["--config", str(SMOKE), "--out", str(out), *CLI_TINY, "--backend", "ray"]) == 2
-    assert 'pip install "fasttrick[ray]"' in capsys.readouterr().err
+    assert main(["--config", str(SMOKE), "--out", str(out), *CLI_TINY, flag, "ray"]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "fasttrick[ray]"' in err
+    assert ("--backend is deprecated; use --executor ray" in err) == (flag == "--backend")
     assert not out.exists()

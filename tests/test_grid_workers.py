@@ -273,10 +273,10 @@ def test_fit_check_figures():
     "extra, problem",
     [
         (["--workers", "0"], "--workers 0: must be >= 1"),
-        (["--gpus-per-run", "0.5"], "--gpus-per-run is for --backend ray"),
-        (["--address", "auto"], "--address is for --backend ray"),
-        (["--backend", "ray", "--gpus-per-run", "2"], "--gpus-per-run 2: a run uses one GPU at most"),
-        (["--backend", "ray", "--workers", "2"], "--workers is for the local backend"),
+        (["--gpus-per-run", "0.5"], "--gpus-per-run is for --executor ray"),
+        (["--address", "auto"], "--address is for --executor ray"),
+        (["--executor", "ray", "--gpus-per-run", "2"], "--gpus-per-run 2: a run uses one GPU at most"),
+        (["--executor", "ray", "--workers", "2"], "--workers is for the local executor"),
     ],
 )
 def test_bad_execution_options_are_refused_before_anything_is_written(tmp_path, capsys, extra, problem):

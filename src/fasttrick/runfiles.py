@@ -16,20 +16,47 @@ import os
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-METRIC_KEYS = (
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "lr",
-    "epoch_seconds",
-    "images_per_s",
-    "elapsed_seconds",
-)
+
+class RunStatus(str, Enum):
+    """A run's state, as status.json holds it. A str: a status equals its value ("finished"), and JSON,
+    f-strings and str() write the value."""
+
+    PENDING = "pending"  # not started, or reset by --restart-failed
+    RUNNING = "running"  # training (status.json's epoch: the last checkpoint's)
+    FINISHED = "finished"
+    DIVERGED = "diverged"  # a loss went NaN/inf; the run stopped, the grid went on
+    FAILED = "failed"  # the run's own code raised; skipped until --restart-failed
+    INTERRUPTED = "interrupted"  # stopped from outside (Ctrl-C, a killed worker, a failed write); resumable
+
+    def __str__(self) -> str:  # the value, as str's own (Python 3.12 made Enum's the member's name)
+        return self.value
+
+
+# A rerun skips these runs; every other status trains again (failed ones only under --restart-failed).
+TERMINAL = (RunStatus.FINISHED, RunStatus.DIVERGED)
+
+
+class MetricRow(TypedDict):
+    """One epoch of a run, as the trainer writes it to metrics.jsonl (a reader may meet NaN/inf in the losses
+    of a diverged run, and must use :func:`finite`)."""
+
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float  # the lr the epoch trained with
+    epoch_seconds: float
+    images_per_s: float
+    elapsed_seconds: float  # training time since the run started, resumed epochs included
+
+
+# metrics.csv's columns, in this order.
+METRIC_KEYS: tuple[str, ...] = tuple(MetricRow.__annotations__)
 
 
 def _process_umask() -> int:
@@ -74,7 +101,7 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def write_status(run_dir: Path, status: str, epoch: int, message: str | None = None) -> None:
+def write_status(run_dir: Path, status: RunStatus, epoch: int, message: str | None = None) -> None:
     write_json(run_dir / "status.json", {"status": status, "epoch": epoch, "message": message})
 
 

@@ -12,6 +12,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from .runfiles import RunStatus  # no torch, no study extra
+
 EXAMPLES = """\
 examples:
   python -m fasttrick.train --config configs/smoke.yaml                    # CPU, < 2 minutes
@@ -19,8 +21,8 @@ examples:
   python -m fasttrick.train --config configs/group1.yaml --profile faithful   # the post's 200 epochs
   python -m fasttrick.train --config configs/l2.yaml --only 'wd0.01-*' --set optimizer.lr=0.05
   python -m fasttrick.train --config configs/smoke.yaml --workers 2               # 2 runs at once, 1 thread each
-  python -m fasttrick.train --config configs/group2.yaml --backend ray --gpus-per-run 0.5   # local Ray, 2 runs/GPU
-  python -m fasttrick.train --config configs/group2.yaml --backend ray --address auto --out /nfs/runs/group2
+  python -m fasttrick.train --config configs/group2.yaml --executor ray --gpus-per-run 0.5   # local Ray, 2 runs/GPU
+  python -m fasttrick.train --config configs/group2.yaml --executor ray --address auto --out /nfs/runs/group2
   python -m fasttrick.report runs/group2                                   # summary and plots again
 
 config keys (see src/fasttrick/config/schema.py): seed, data.{root,loader,batch_size,train_subset,test_subset},
@@ -39,10 +41,19 @@ would not fit the GPU's memory; 130 interrupted (rerun the same command to resum
 """
 
 
+class _DeprecatedBackend(argparse.Action):
+    """``--backend local|ray``, the old name of ``--executor``: it read like a config's optimizer.backend (the
+    FusedSGDW kernel). It still works, and says so."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated; use --executor {values}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def parser() -> argparse.ArgumentParser:
     # Imported here, not at the top: they need the study extra, which main() checks for first.
     from .config import PROFILE_DEFAULTS
-    from .grid.options import BACKENDS
+    from .grid.options import EXECUTORS
 
     p = argparse.ArgumentParser(
         prog="python -m fasttrick.train",
@@ -105,11 +116,14 @@ def parser() -> argparse.ArgumentParser:
         "worker i on GPU i %% GPUs, packing checked against the GPU's memory)",
     )
     run.add_argument(
-        "--backend",
-        choices=BACKENDS,
+        "--executor",
+        choices=EXECUTORS,
         default="local",
         help='local (default) or ray: one Ray task per run (pip install "fasttrick[ray]"); on a cluster '
         "--out must be a filesystem every node shares",
+    )
+    run.add_argument(
+        "--backend", dest="executor", choices=EXECUTORS, action=_DeprecatedBackend, help="deprecated: --executor"
     )
     run.add_argument(
         "--address",
@@ -210,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             only=args.only,
             fresh=args.fresh,
             restart_failed=args.restart_failed,
-            session=Session(bar=False if args.no_bar or args.workers > 1 or args.backend == "ray" else None),
-            backend=args.backend,
+            session=Session(bar=False if args.no_bar or args.workers > 1 or args.executor == "ray" else None),
+            executor=args.executor,
             workers=args.workers,
             address=args.address,
             gpus_per_run=args.gpus_per_run,
@@ -232,13 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     return _report_statuses(statuses)
 
 
-def _report_statuses(statuses: dict[str, str]) -> int:
+def _report_statuses(statuses: dict[str, RunStatus]) -> int:
     """Prints how the grid's runs ended; the exit code: 1 if any failed or was interrupted, else 0."""
     counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
     print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    if "interrupted" in statuses.values():
+    if RunStatus.INTERRUPTED in statuses.values():
         print("interrupted runs resume from their last checkpoint: rerun the same command", file=sys.stderr)
-    return 1 if {"failed", "interrupted"} & set(statuses.values()) else 0
+    return 1 if {RunStatus.FAILED, RunStatus.INTERRUPTED} & set(statuses.values()) else 0
 
 
 if __name__ == "__main__":

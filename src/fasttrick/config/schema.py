@@ -169,7 +169,7 @@ class FusedSGDWConfig(_SGDBase):
     name: Literal["fused_sgdw"]
     decoupled_weight_decay: bool = False  # True: SGDW, p *= 1 - lr * wd outside the momentum buffer
     backend: Literal["auto", "triton", "cuda", "cpu", "foreach", "reference"] = (
-        "auto"  # == fasttrick.ops.BACKENDS (a test ties them)
+        "auto"  # == fasttrick.ops.KERNEL_BACKENDS (a test ties them)
     )
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "CACHE_ENV",
     "DATA_ENV",
     "IMAGE_SHAPE",
+    "LOADER_BACKENDS",
     "NUM_TEST",
     "NUM_TRAIN",
     "PAD",
@@ -69,7 +70,8 @@ __all__ = [
     "training_plan",
 ]
 
-BACKENDS = ("auto", "dali", "torch")
+# build_loader(backend=...), a config's data.loader. Not FusedSGDW's kernels (fasttrick.ops.KERNEL_BACKENDS).
+LOADER_BACKENDS = ("auto", "dali", "torch")
 
 
 def dali_import_error() -> ImportError | None:
@@ -102,8 +104,8 @@ def build_loader(
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in LOADER_BACKENDS:
+        raise ValueError(f"backend must be one of {LOADER_BACKENDS}, got {backend!r}")
     if batch_size < 1 or seed < 0:
         raise ValueError(f"batch_size must be >= 1 and seed >= 0, got batch_size={batch_size}, seed={seed}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))

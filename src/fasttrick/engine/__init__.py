@@ -8,7 +8,17 @@ Grids of runs, run folders and the CLI live a floor up, in fasttrick.grid and fa
 """
 
 from .checkpoint import CHECKPOINT, CheckpointError, StorageError, config_mismatch, read_checkpoint, writing
-from .io import atomic_write, read_json, read_status, write_json, write_metrics, write_status
+from .io import (
+    TERMINAL,
+    MetricRow,
+    RunStatus,
+    atomic_write,
+    read_json,
+    read_status,
+    write_json,
+    write_metrics,
+    write_status,
+)
 from .optimizers import build_optimizer
 from .run import EpochHook, Interrupted, Outcome, train_run
 from .schedules import EpochSchedule, current_lr, lr_sequence
@@ -16,11 +26,14 @@ from .session import Runtime, Session, reinitialize, resolve_runtime
 
 __all__ = [
     "CHECKPOINT",
+    "TERMINAL",
     "CheckpointError",
     "EpochHook",
     "EpochSchedule",
     "Interrupted",
+    "MetricRow",
     "Outcome",
+    "RunStatus",
     "Runtime",
     "Session",
     "StorageError",

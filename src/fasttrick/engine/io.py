@@ -11,11 +11,25 @@ from typing import Any
 
 import torch
 
-from ..runfiles import METRIC_KEYS, atomic_write, read_json, read_status, write_json, write_metrics, write_status
+from ..runfiles import (
+    METRIC_KEYS,
+    TERMINAL,
+    MetricRow,
+    RunStatus,
+    atomic_write,
+    read_json,
+    read_status,
+    write_json,
+    write_metrics,
+    write_status,
+)
 
 __all__ = [
     "METRIC_KEYS",
+    "TERMINAL",
     "CheckpointWriter",
+    "MetricRow",
+    "RunStatus",
     "atomic_write",
     "read_json",
     "read_status",

@@ -23,13 +23,13 @@ from torch import nn
 
 from ..config import RunConfig, config_warnings
 from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, set_rng_state, writing
-from .io import CheckpointWriter, write_json, write_metrics, write_status
+from .io import CheckpointWriter, MetricRow, RunStatus, write_json, write_metrics, write_status
 from .optimizers import build_optimizer
 from .progress import Progress
 from .schedules import EpochSchedule, current_lr
 from .session import Runtime, Session, autocast, reinitialize, resolve_runtime, sync
 
-EpochHook = Callable[[str, dict[str, Any]], None]
+EpochHook = Callable[[str, MetricRow], None]
 
 
 class Interrupted(Exception):
@@ -38,8 +38,8 @@ class Interrupted(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    status: str  # "finished" | "diverged"
-    rows: list[dict[str, Any]]  # every epoch's metrics row, resumed ones included
+    status: RunStatus  # FINISHED or DIVERGED
+    rows: list[MetricRow]  # every epoch's metrics row, resumed ones included
     message: str | None = None
 
 
@@ -77,7 +77,7 @@ def train_run(
     rows, start_epoch = _resume(parts, run, rt, run_dir, name, session.log)
     _write(run_dir / "metrics.jsonl", write_metrics, run_dir, rows)
     _write(run_dir / "environment.json", write_json, run_dir / "environment.json", session.environment(rt))
-    _write(run_dir / "status.json", write_status, run_dir, "running", start_epoch)
+    _write(run_dir / "status.json", write_status, run_dir, RunStatus.RUNNING, start_epoch)
 
     progress = Progress(name, run.train.epochs, session.log, session.bar)
     writer = CheckpointWriter()
@@ -93,18 +93,20 @@ def train_run(
                     f"[{name}] diverged: non-finite loss in epoch {epoch + 1} "
                     f"(train {row['train_loss']}, val {row['val_loss']})"
                 )
-                return Outcome("diverged", rows, f"non-finite loss in epoch {epoch + 1}")
+                return Outcome(RunStatus.DIVERGED, rows, f"non-finite loss in epoch {epoch + 1}")
             parts.schedule.step(row)
             _write(run_dir / "metrics.jsonl", write_metrics, run_dir, rows)
             # status.json names the epoch of the checkpoint on disk, so it is written after it, on the writer's thread.
-            done = functools.partial(_write, run_dir / "status.json", write_status, run_dir, "running", epoch + 1)
+            done = functools.partial(
+                _write, run_dir / "status.json", write_status, run_dir, RunStatus.RUNNING, epoch + 1
+            )
             _write(checkpoint_path, writer.submit, checkpoint_path, _checkpoint(parts, run, rt, epoch + 1, rows), done)
             if on_epoch_end is not None:
                 _write(checkpoint_path, writer.wait)  # a hook that stops the run must find this epoch's checkpoint
                 on_epoch_end(name, row)
     finally:
         _write(checkpoint_path, writer.wait)
-    return Outcome("finished", rows)
+    return Outcome(RunStatus.FINISHED, rows)
 
 
 def _write(path: Path, write: Callable[..., None], *args: Any) -> None:
@@ -159,7 +161,7 @@ def _build(run: RunConfig, rt: Runtime, session: Session) -> _Parts:
 
 def _resume(
     parts: _Parts, run: RunConfig, rt: Runtime, run_dir: Path, name: str, log: Callable[[str], None]
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[MetricRow], int]:
     """Load the run's checkpoint (after checking it is this run's) into ``parts``; (rows so far, epochs done)."""
     path = run_dir / CHECKPOINT
     if not path.is_file():
@@ -179,7 +181,7 @@ def _resume(
     return list(state["rows"]), start_epoch
 
 
-def _run_epoch(parts: _Parts, run: RunConfig, rt: Runtime, epoch: int, elapsed: float, progress: Progress) -> dict:
+def _run_epoch(parts: _Parts, run: RunConfig, rt: Runtime, epoch: int, elapsed: float, progress: Progress) -> MetricRow:
     """Train and evaluate epoch ``epoch`` (0-based); its metrics row."""
     lr = current_lr(parts.optimizer)
     epoch_start = time.perf_counter()
@@ -211,7 +213,7 @@ def _run_epoch(parts: _Parts, run: RunConfig, rt: Runtime, epoch: int, elapsed: 
     }
 
 
-def _checkpoint(parts: _Parts, run: RunConfig, rt: Runtime, epochs_done: int, rows: list[dict]) -> dict[str, Any]:
+def _checkpoint(parts: _Parts, run: RunConfig, rt: Runtime, epochs_done: int, rows: list[MetricRow]) -> dict[str, Any]:
     return {
         "epoch": epochs_done,
         "model": parts.module.state_dict(),

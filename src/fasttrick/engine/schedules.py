@@ -93,7 +93,7 @@ class EpochSchedule:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             set_lr(group, base * factor)
 
-    def step(self, metrics: Mapping[str, float]) -> None:
+    def step(self, metrics: Mapping[str, Any]) -> None:
         """End of an epoch: set the lr of the next one."""
         self.epoch += 1
         if self.epoch <= self.warmup:

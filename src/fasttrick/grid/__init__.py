@@ -5,9 +5,9 @@
     run_grid(grid, "runs/group2")
 
 - :mod:`.expand`: grid file -> validated runs (pydantic, no torch);
-- :mod:`.options`: the execution options (backends, workers) and their checks (no torch);
+- :mod:`.options`: the execution options (executors, workers) and their checks (no torch);
 - :mod:`.folder`: the grid folder: its lock, config checks, run states, temp-file sweep;
-- :mod:`.execute`: one run into its folder, the per-run function of every backend;
+- :mod:`.execute`: one run into its folder, the per-run function of every executor;
 - :mod:`.runner`: the local runner, and the entry point :func:`run_grid`; :mod:`.workers`, :mod:`.ray_backend`.
 
 Names are imported on first use, so ``import fasttrick.grid.expand`` (or the CLI's ``--help``) does not

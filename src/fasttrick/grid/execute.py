@@ -1,4 +1,4 @@
-"""One run into its folder, and how it ended: the per-run function of every backend (local, workers, Ray).
+"""One run into its folder, and how it ended: the per-run function of every executor (local, workers, Ray).
 
 How a run ends, in status.json:
 
@@ -18,8 +18,10 @@ from pathlib import Path
 
 from ..data import DataSourceError
 from ..engine import (
+    TERMINAL,
     EpochHook,
     Interrupted,
+    RunStatus,
     Session,
     StorageError,
     read_status,
@@ -30,14 +32,13 @@ from ..engine import (
 )
 from ..results.diagnosis import diagnose
 from .expand import GridRun
-from .folder import TERMINAL
 
 INTERRUPTED_MESSAGE = "interrupted; rerun the same command to resume"
 
 __all__ = ["INTERRUPTED_MESSAGE", "EpochHook", "execute_run", "mark_interrupted"]
 
 
-def execute_run(run: GridRun, run_dir: Path, session: Session, *, on_epoch_end: EpochHook | None = None) -> str:
+def execute_run(run: GridRun, run_dir: Path, session: Session, *, on_epoch_end: EpochHook | None = None) -> RunStatus:
     """Train one run and record how it ended in its folder (status.json, with the error if any); its status.
 
     A run that raises is recorded as failed (with its error), a write that fails as interrupted, and
@@ -64,27 +65,27 @@ def execute_run(run: GridRun, run_dir: Path, session: Session, *, on_epoch_end: 
         message = f"{err}; free the space or fix the folder, then rerun the same command to resume"
         session.log(f"[{run.name}] interrupted: {message}")
         mark_interrupted(run_dir, message, session)
-        return "interrupted"
+        return RunStatus.INTERRUPTED
     except Exception as err:
         return _failed(run, run_dir, session, err)
     return outcome.status
 
 
-def _failed(run: GridRun, run_dir: Path, session: Session, err: BaseException) -> str:
+def _failed(run: GridRun, run_dir: Path, session: Session, err: BaseException) -> RunStatus:
     session.log(f"[{run.name}] failed: {type(err).__name__}: {err}\n{traceback.format_exc()}")
-    _record(run_dir, "failed", f"{type(err).__name__}: {err}", session)
-    return "failed"
+    _record(run_dir, RunStatus.FAILED, f"{type(err).__name__}: {err}", session)
+    return RunStatus.FAILED
 
 
 def mark_interrupted(run_dir: Path, message: str = INTERRUPTED_MESSAGE, session: Session | None = None) -> None:
     """Record a run stopped from outside (its worker killed or cancelled, a failed write) as resumable
     from its last epoch; a run that already ended keeps its status."""
     state = read_status(run_dir)
-    if not isinstance(state, dict) or state.get("status") not in (*TERMINAL, "failed"):
-        _record(run_dir, "interrupted", message, session)
+    if not isinstance(state, dict) or state.get("status") not in (*TERMINAL, RunStatus.FAILED):
+        _record(run_dir, RunStatus.INTERRUPTED, message, session)
 
 
-def _record(run_dir: Path, status: str, message: str, session: Session | None) -> None:
+def _record(run_dir: Path, status: RunStatus, message: str, session: Session | None) -> None:
     """status.json with the epoch reached so far; if even that cannot be written (the disk is full), the
     last status stays ("running": resumable too) and the reason goes to the log."""
     state = read_status(run_dir)

@@ -38,7 +38,9 @@ from ..config import ConfigError, dump_yaml, first_difference, load_yaml
 from ..config.errors import clip
 from ..engine import (
     CHECKPOINT,
+    TERMINAL,
     CheckpointError,
+    RunStatus,
     atomic_write,
     config_mismatch,
     read_checkpoint,
@@ -50,8 +52,6 @@ from .expand import Grid, GridRun
 
 LOCK_NAME = ".fasttrick-grid.lock"
 HOLDER_NAME = ".fasttrick-grid.holder.json"
-STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
-TERMINAL = ("finished", "diverged")
 # A trainer that has just taken the lock writes its holder file within milliseconds; a second trainer
 # started at the same instant waits this long for it, to name the holder rather than "unknown".
 HOLDER_WAIT_SECONDS = 2.0
@@ -151,16 +151,16 @@ def run_state(run_dir: Path) -> dict[str, Any] | None:
         problem = None if _valid_state(state) else f"got {clip(json.dumps(state), 120)}"
     if problem:
         raise GridFolderError(
-            f'{path} is malformed ({problem}); expected {{"status": {"|".join(STATUSES)}, "epoch": N, '
+            f'{path} is malformed ({problem}); expected {{"status": {"|".join(RunStatus)}, "epoch": N, '
             '"message": text or null}. Delete it (the run then resumes from its checkpoint) or rerun with --fresh'
         )
-    return state
+    return {**state, "status": RunStatus(state["status"])}
 
 
 def _valid_state(state: Any) -> bool:
     return (
         isinstance(state, dict)
-        and state.get("status") in STATUSES
+        and state.get("status") in tuple(RunStatus)
         and isinstance(state.get("epoch"), int)
         and not isinstance(state.get("epoch"), bool)
         and state["epoch"] >= 0
@@ -222,7 +222,7 @@ def prepare_out_folder(
             _needs_writing(lock, run_dir)
             shutil.rmtree(run_dir)
             state = {}
-        elif restart_failed and state.get("status") == "failed":
+        elif restart_failed and state.get("status") == RunStatus.FAILED:
             _needs_writing(lock, run_dir)
             _clear_but_checkpoint(run_dir)  # check_out_folder found the checkpoint to be this config's
             state = {}
@@ -231,9 +231,9 @@ def prepare_out_folder(
             atomic_write(run_dir / "config.yaml", dump_yaml(run.resolved()))
         if not state:
             _needs_writing(lock, run_dir / "status.json")
-            write_status(run_dir, "pending", 0)
+            write_status(run_dir, RunStatus.PENDING, 0)
             state = run_state(run_dir) or {}
-        if state["status"] not in (*TERMINAL, "failed"):
+        if state["status"] not in (*TERMINAL, RunStatus.FAILED):
             _needs_writing(lock, run_dir)
         states[run.name] = state
     return states

@@ -1,34 +1,37 @@
-"""How a grid executes (``--backend``, ``--workers``, Ray's shares), checked before anything is written.
+"""How a grid executes (``--executor``, ``--workers``, Ray's shares), checked before anything is written.
 
-Imports no torch: the CLI reads the backend names from here for ``--help``.
+Imports no torch: the CLI reads the executor names from here for ``--help``.
 """
 
 from __future__ import annotations
 
 from ..config import ConfigError
 
-BACKENDS = ("local", "ray")
+# Where a grid's runs train: "local" (this process, or --workers N processes) or "ray" (one Ray task per run).
+# Not to be confused with a FusedSGDW kernel (fasttrick.ops.KERNEL_BACKENDS, a config's optimizer.backend)
+# or a data loader (fasttrick.data.LOADER_BACKENDS, data.loader).
+EXECUTORS = ("local", "ray")
 
 
 def check_execution(
-    backend: str, workers: int, address: str | None, gpus_per_run: float | None, cpus_per_run: int
+    executor: str, workers: int, address: str | None, gpus_per_run: float | None, cpus_per_run: int
 ) -> None:
     """Refuse (ConfigError) execution options that cannot work, before anything is written."""
     problems = []
-    if backend not in BACKENDS:
-        problems.append(f"backend {backend!r}: must be one of {', '.join(BACKENDS)}")
+    if executor not in EXECUTORS:
+        problems.append(f"executor {executor!r}: must be one of {', '.join(EXECUTORS)}")
     if workers < 1:
         problems.append(f"--workers {workers}: must be >= 1")
-    if backend != "ray" and address is not None:
-        problems.append("--address is for --backend ray")
-    if backend == "ray" and workers != 1:
-        problems.append("--workers is for the local backend; Ray runs as many runs at once as its resources allow")
+    if executor != "ray" and address is not None:
+        problems.append("--address is for --executor ray")
+    if executor == "ray" and workers != 1:
+        problems.append("--workers is for the local executor; Ray runs as many runs at once as its resources allow")
     if gpus_per_run is not None:
-        if backend != "ray":
-            problems.append("--gpus-per-run is for --backend ray; locally, --workers N packs N runs onto the GPUs")
+        if executor != "ray":
+            problems.append("--gpus-per-run is for --executor ray; locally, --workers N packs N runs onto the GPUs")
         elif not 0 < gpus_per_run <= 1:
             problems.append(f"--gpus-per-run {gpus_per_run:g}: a run uses one GPU at most; use 0 < F <= 1")
-    if cpus_per_run < 1 or (backend != "ray" and cpus_per_run != 1):
-        problems.append(f"--cpus-per-run {cpus_per_run}: for --backend ray, >= 1 (locally: --workers)")
+    if cpus_per_run < 1 or (executor != "ray" and cpus_per_run != 1):
+        problems.append(f"--cpus-per-run {cpus_per_run}: for --executor ray, >= 1 (locally: --workers)")
     if problems:
         raise ConfigError(problems)

@@ -1,4 +1,4 @@
-"""``--backend ray``: the grid's runs as Ray tasks, on a laptop (a local Ray instance) or a cluster.
+"""``--executor ray``: the grid's runs as Ray tasks, on a laptop (a local Ray instance) or a cluster.
 
 Ray core tasks, not Ray Tune trials: the grid is already expanded and validated, and its run folders,
 resume rules and summary are fasttrick's own (see fasttrick.grid.runner). What Ray adds is placement:
@@ -35,7 +35,7 @@ from typing import Any
 
 from ..config import ConfigError
 from ..data import CACHE_ENV, DATA_ENV
-from ..engine import EpochHook, Interrupted, Session
+from ..engine import EpochHook, Interrupted, RunStatus, Session
 from . import memory
 from .execute import execute_run, mark_interrupted
 from .expand import GridRun
@@ -50,7 +50,7 @@ _worker_session: Session | None = None  # one per Ray worker process, reused by 
 
 
 class RayUnavailable(RuntimeError):
-    """``--backend ray`` without Ray installed."""
+    """``--executor ray`` without Ray installed."""
 
 
 def import_ray():
@@ -160,7 +160,7 @@ class RayCluster:
         gpus_per_run: float | None,
         cpus_per_run: int,
         on_epoch_end: EpochHook | None,
-    ) -> dict[str, str]:
+    ) -> dict[str, RunStatus]:
         """One task per run, all submitted at once; Ray runs as many at once as the resources allow."""
         ray = self.ray
         gpus = self.gpus_per_task(runs, gpus_per_run)
@@ -169,7 +169,7 @@ class RayCluster:
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus, max_retries=WORKER_DEATH_RETRIES)(_train_task)
         pending = {task.remote(run, out / run.name, marker, cpus_per_run, on_epoch_end): run for run in runs}
         self.log(f"ray: {len(runs)} runs submitted, {cpus_per_run} CPU(s) and {gpus:g} GPU(s) each")
-        statuses: dict[str, str] = {}
+        statuses: dict[str, RunStatus] = {}
         first_start = None
         try:
             while pending:
@@ -185,7 +185,7 @@ class RayCluster:
                     cause = getattr(err, "cause", None) or err
                     message = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0]}"
                     mark_interrupted(out / run.name, f"{message}; rerun the same command to resume")
-                    statuses[run.name] = "interrupted"
+                    statuses[run.name] = RunStatus.INTERRUPTED
                     self.log(f"[{len(statuses)}/{len(runs)}] {run.name}: interrupted ({message})")
                     continue
                 statuses[run.name] = report["status"]

@@ -1,4 +1,4 @@
-"""The grid runner: a grid's runs, each in its own run folder, on one of three backends.
+"""The grid runner: a grid's runs, each in its own run folder, on one of three executors (here, in worker processes, or as Ray tasks).
 
     <out>/grid.yaml                 the expanded, validated grid (rewritten only when it changed)
     <out>/.fasttrick-grid.lock      held by the one trainer writing the folder (fasttrick.grid.folder)
@@ -33,10 +33,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..engine import EpochHook, Session, read_status
+from ..engine import TERMINAL, EpochHook, RunStatus, Session, read_status
 from .execute import execute_run
 from .expand import Grid, GridRun
-from .folder import TERMINAL, GridLock, check_out_folder, lock_grid_folder, prepare_out_folder
+from .folder import GridLock, check_out_folder, lock_grid_folder, prepare_out_folder
 from .options import check_execution
 
 __all__ = ["check_out_folder", "prepare_data", "run_grid"]
@@ -62,12 +62,12 @@ def run_grid(
     session: Session | None = None,
     on_epoch_end: EpochHook | None = None,
     summary: bool = True,
-    backend: str = "local",
+    executor: str = "local",
     workers: int = 1,
     address: str | None = None,
     gpus_per_run: float | None = None,
     cpus_per_run: int = 1,
-) -> dict[str, str]:
+) -> dict[str, RunStatus]:
     """Run the selected runs of ``grid`` into ``out``; returns {run name: final status}.
 
     ``on_epoch_end(name, row)`` runs in the process that trains; with several workers or Ray it
@@ -76,10 +76,10 @@ def run_grid(
     """
     out = Path(out).absolute()  # Ray and worker processes may start in another directory
     selected = grid.select(only)
-    check_execution(backend, workers, address, gpus_per_run, cpus_per_run)
+    check_execution(executor, workers, address, gpus_per_run, cpus_per_run)
     session = session or Session()
     cluster = None
-    if backend == "ray":
+    if executor == "ray":
         from .ray_backend import RayCluster
 
         cluster = RayCluster.connect(address, session.log)  # before writing: no Ray, or no GPU for --gpus-per-run
@@ -108,25 +108,25 @@ def run_grid(
         if cluster is not None:
             cluster.close()
     for name, status in statuses.items():
-        if status in ("failed", "interrupted"):
+        if status in (RunStatus.FAILED, RunStatus.INTERRUPTED):
             session.log(f"{status}: {name}: {(read_status(out / name) or {}).get('message')}")
     return {run.name: statuses[run.name] for run in selected}
 
 
 def _triage(
     selected: Sequence[GridRun], states: dict[str, dict[str, Any]], log: Callable[[str], None]
-) -> tuple[dict[str, str], list[GridRun]]:
+) -> tuple[dict[str, RunStatus], list[GridRun]]:
     """({run: status} of the runs that ended earlier, the runs to train now)."""
-    statuses: dict[str, str] = {}
+    statuses: dict[str, RunStatus] = {}
     todo = []
     for run in selected:
         status = states[run.name]["status"]
         if status in TERMINAL:
             log(f"{run.name}: {status} already, skipped")
             statuses[run.name] = status
-        elif status == "failed":
+        elif status == RunStatus.FAILED:
             log(f"{run.name}: failed earlier ({states[run.name]['message']}), skipped; --restart-failed reruns it")
-            statuses[run.name] = "failed"
+            statuses[run.name] = RunStatus.FAILED
         else:
             todo.append(run)
     return statuses, todo
@@ -141,7 +141,7 @@ def _train(
     workers: int,
     gpus_per_run: float | None,
     cpus_per_run: int,
-) -> dict[str, str]:
+) -> dict[str, RunStatus]:
     if cluster is not None:
         prepare_data(todo, session)
         return cluster.run(todo, out, gpus_per_run, cpus_per_run, on_epoch_end)
@@ -166,8 +166,10 @@ def _summarise(lock: GridLock, log: Callable[[str], None]) -> None:
         log(f"summary not written: {type(err).__name__}: {err}")
 
 
-def _run_here(runs: Sequence[GridRun], out: Path, session: Session, on_epoch_end: EpochHook | None) -> dict[str, str]:
-    statuses = {}
+def _run_here(
+    runs: Sequence[GridRun], out: Path, session: Session, on_epoch_end: EpochHook | None
+) -> dict[str, RunStatus]:
+    statuses: dict[str, RunStatus] = {}
     for index, run in enumerate(runs, start=1):
         log_prefix = f"[{index}/{len(runs)}] {run.name}"
         session.log(log_prefix)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..data import DataSourceError
-from ..engine import EpochHook, Interrupted, Session
+from ..engine import EpochHook, Interrupted, RunStatus, Session
 from . import memory
 from .execute import execute_run, mark_interrupted
 from .expand import GridRun
@@ -161,7 +161,7 @@ def run_in_workers(
     log: Callable[[str], None],
     on_epoch_end: EpochHook | None,
     prepare: Callable[[], None],
-) -> dict[str, str]:
+) -> dict[str, RunStatus]:
     """Train ``runs`` into ``out`` with ``workers`` processes at once; returns {run name: status}.
 
     ``prepare()`` (the data cache) runs in this thread while the workers start: starting them waits
@@ -201,7 +201,7 @@ class _Pool:
         self.runs, self.out, self.log, self.on_epoch_end = list(runs), out, log, on_epoch_end
         self.waiting = deque(runs)
         self.deaths: dict[str, int] = {}
-        self.statuses: dict[str, str] = {}
+        self.statuses: dict[str, RunStatus] = {}
         self.workers: list[_Worker] = []
 
     def start(self, worker_id: int) -> _Worker:
@@ -226,7 +226,7 @@ class _Pool:
                 self.log(f"{run.name}: started on worker {worker_id}")
                 worker.send(run, self.out)
 
-    def finish(self, worker: _Worker, status: str) -> None:
+    def finish(self, worker: _Worker, status: RunStatus) -> None:
         assert worker.run is not None, "finish() is for a worker that holds a run"
         name = worker.run.name
         self.statuses[name] = status
@@ -266,7 +266,7 @@ class _Pool:
             else:
                 message = f"{reason}, {self.deaths[run.name]} times; rerun the same command to resume"
                 mark_interrupted(self.out / run.name, message)
-                self.finish(worker, "interrupted")
+                self.finish(worker, RunStatus.INTERRUPTED)
             self.workers[worker_id] = self.start(worker_id)
 
     def stop_all(self) -> None:

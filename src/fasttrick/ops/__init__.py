@@ -4,11 +4,11 @@
 every backend function takes the arguments of the op schema in ops/library.py, in order.
 """
 
-from .dispatch import BACKENDS, BackendUnavailableError, available_backends, resolve_backend
+from .dispatch import KERNEL_BACKENDS, BackendUnavailableError, available_backends, resolve_backend
 from .reference import momentum_dtype, sgdw_reference_
 
 __all__ = [
-    "BACKENDS",
+    "KERNEL_BACKENDS",
     "BackendUnavailableError",
     "available_backends",
     "momentum_dtype",

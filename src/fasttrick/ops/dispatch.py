@@ -29,7 +29,9 @@ from . import library  # (defines the fasttrick:: op schemas before any kernel i
 from .foreach import sgdw_foreach_
 from .reference import sgdw_reference_
 
-BACKENDS = ("auto", "triton", "cuda", "cpu", "foreach", "reference")
+# FusedSGDW(backend=...): the kernels that compute the update (a config's optimizer.backend). Not the data
+# loaders (fasttrick.data.LOADER_BACKENDS) nor where a grid's runs train (fasttrick.grid.options.EXECUTORS).
+KERNEL_BACKENDS = ("auto", "triton", "cuda", "cpu", "foreach", "reference")
 
 # Preference order of `auto`, fastest first; the first entry is the device's best. The CUDA extension
 # leads on CUDA because it has no Python launch cost; Triton's interpreter is a correctness tool and
@@ -67,7 +69,7 @@ def explain_backends(device: str | torch.device | None = None) -> dict[str, str 
     device = _concrete(device)
     order = _AUTO_ORDER.get(device.type, _DEFAULT_AUTO_ORDER)
     explained = {}
-    for name in order + tuple(b for b in BACKENDS[1:] if b not in order):
+    for name in order + tuple(b for b in KERNEL_BACKENDS[1:] if b not in order):
         cause = _why_not(name, device)
         explained[name] = None if cause is None else cause + _fix(name, cause, device)
     return explained
@@ -97,8 +99,8 @@ def _concrete(device: str | torch.device | None) -> torch.device:
 
 @functools.cache
 def _resolve(name: str, device: torch.device) -> tuple[str, SgdwFn]:
-    if name not in BACKENDS:
-        raise ValueError(f"unknown FusedSGDW backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name not in KERNEL_BACKENDS:
+        raise ValueError(f"unknown FusedSGDW backend {name!r}; choose one of {', '.join(KERNEL_BACKENDS)}")
     if name != "auto":
         cause = _why_not(name, device)
         if cause is not None:
@@ -176,7 +178,7 @@ def _why_unavailable(name: str, device_type: str) -> str | None:
             return f"Triton does not run on {device_type} here"
         probe = _backend.triton_probe()
         return None if probe.available else probe.detail
-    raise ValueError(f"unknown FusedSGDW backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    raise ValueError(f"unknown FusedSGDW backend {name!r}; choose one of {', '.join(KERNEL_BACKENDS)}")
 
 
 @functools.cache

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..ops import BACKENDS, momentum_dtype, resolve_backend, sgdw_reference_
+from ..ops import KERNEL_BACKENDS, momentum_dtype, resolve_backend, sgdw_reference_
 from ..ops.library import kernel_can_walk, members_are_blocks
 from .checkpoint import MEMBER_TABLE, loaded_group, saved_group
 
@@ -426,8 +426,8 @@ def _check_lr_device(lr: float | Tensor, device: torch.device) -> None:
 
 def _check_hyperparameters(group: dict[str, Any]) -> None:
     """torch.optim.SGD's checks of a group (per member for a group with members), and the backend's name."""
-    if group["backend"] not in BACKENDS:
-        raise ValueError(f"Unknown FusedSGDW backend {group['backend']!r}; choose one of {', '.join(BACKENDS)}")
+    if group["backend"] not in KERNEL_BACKENDS:
+        raise ValueError(f"Unknown FusedSGDW backend {group['backend']!r}; choose one of {', '.join(KERNEL_BACKENDS)}")
     if group["members"] > 1:
         if MEMBER_TABLE not in group:  # as given, or as loaded; values written into a table were checked then
             _member_rows(group, group["members"])

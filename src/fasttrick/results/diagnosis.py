@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..runfiles import finite
+from ..runfiles import RunStatus, finite
 
 MODES = ("diverged", "not_learning", "unstable", "overfitting", "lr_floor")
 # What a diagnosis says about one mode of one run: the three outcomes are kept apart everywhere.
@@ -196,7 +196,7 @@ Outcome = Finding | str | None  # a finding, the reason it could not be judged, 
 def _diverged(metrics: Sequence[Mapping[str, Any]], status: str | None, t: Thresholds) -> Outcome:
     """The first epoch with a non-finite loss, or a training loss past `Thresholds.diverged_loss` after the
     first epoch; else the trainer's own "diverged" status."""
-    if status != "diverged" and not t.judgeable("diverged", len(metrics)):
+    if status != RunStatus.DIVERGED and not t.judgeable("diverged", len(metrics)):
         return f"needs {t.shortest('diverged')} finished epoch, has none"
     for index, row in enumerate(metrics):
         for key in ("train_loss", "val_loss"):
@@ -215,7 +215,7 @@ def _diverged(metrics: Sequence[Mapping[str, Any]], status: str | None, t: Thres
                 f"({t.diverged_loss / math.log(10):.3g} ln 10, Thresholds.diverged_loss)",
                 {"epoch": row["epoch"], "metric": "train_loss", "value": _round(loss), "status": status},
             )
-    if status == "diverged":
+    if status == RunStatus.DIVERGED:
         epoch = metrics[-1]["epoch"] if metrics else 0
         return Finding("diverged", f"the trainer stopped the run as diverged after epoch {epoch}", {"status": status})
     return None

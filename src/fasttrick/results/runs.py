@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..runfiles import read_metrics, read_status
+from ..runfiles import RunStatus, read_metrics, read_status
 from .diagnosis import Diagnosis, diagnose
 from .result import run_result
 
@@ -36,7 +36,7 @@ class RunRecord:
     """What a run folder holds, as far as the results need it."""
 
     name: str
-    status: str
+    status: str  # a RunStatus value, or "unknown" when status.json is unreadable
     status_epoch: int | None
     message: str | None
     metrics: list[dict[str, Any]]
@@ -54,7 +54,7 @@ class RunRecord:
     @property
     def label(self) -> str:
         """The run's name, with its status when it is not a plain finished run (plot legends)."""
-        return self.name if self.status == "finished" else f"{self.name} ({self.status})"
+        return self.name if self.status == RunStatus.FINISHED else f"{self.name} ({self.status})"
 
 
 def read_grid(grid_dir: Path) -> list[RunRecord]:
@@ -129,7 +129,7 @@ def _read_run(run_dir: Path) -> RunRecord:
     config = read_yaml(run_dir / "config.yaml")
     return RunRecord(
         name=run_dir.name,
-        status=str(state.get("status", "unknown" if metrics else "pending")),
+        status=str(state.get("status", "unknown" if metrics else RunStatus.PENDING)),
         status_epoch=state.get("epoch"),
         message=state.get("message"),
         metrics=metrics,

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..runfiles import finite
+from ..runfiles import TERMINAL, finite
 from .diagnosis import val_swing
 from .runs import RunRecord, read_grid, read_grid_file
 
@@ -100,7 +100,7 @@ class Group:
     @property
     def done(self) -> bool:
         """Every seed finished or diverged: the group's numbers are final."""
-        return all(run.record.status in ("finished", "diverged") for run in self.runs)
+        return all(run.record.status in TERMINAL for run in self.runs)
 
     def stat(self, key: str) -> Stat | None:
         values = [v for run in self.runs if (v := run.numbers[key]) is not None]

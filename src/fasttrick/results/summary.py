@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..runfiles import atomic_write
+from ..runfiles import RunStatus, atomic_write
 from .result import MILESTONES, RESULT_KEYS, milestone_keys
 from .runs import RunRecord, own_folder, read_grid
 
@@ -107,7 +107,9 @@ def _best_line(runs: Sequence[RunRecord], results: Mapping[str, Mapping[str, Any
     scored = [
         run
         for run in runs
-        if results[run.name]["best_val_acc"] is not None and "diverged" not in (run.status, *run.diagnosis.modes)
+        if results[run.name]["best_val_acc"] is not None
+        and run.status != RunStatus.DIVERGED
+        and "diverged" not in run.diagnosis.modes
     ]
     if not scored:
         return "Best: none yet (no run that did not diverge has a val acc)."
@@ -145,7 +147,7 @@ def render_csv(runs: Sequence[RunRecord], results: Mapping[str, Mapping[str, Any
 
 def _markdown_row(run: RunRecord, result: Mapping[str, Any]) -> list[str]:
     status = run.status
-    if run.status != "finished" and run.status_epoch:
+    if run.status != RunStatus.FINISHED and run.status_epoch:
         status += f" (epoch {run.status_epoch})"
     cells = [
         run.name,
