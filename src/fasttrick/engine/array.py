@@ -58,6 +58,9 @@ from .session import Runtime, Session, autocast, reinitialize, resolve_runtime, 
 # the launch's table.
 _FUSED_LAUNCH = "fused_sgdw"
 
+# A FusedSGDW member's own values, each a column of the array's table (FusedSGDW.set_member).
+_MEMBER_VALUES = ("lr", "momentum", "dampening", "weight_decay")
+
 MemberEndHook = Callable[[str, Outcome], None]
 
 
@@ -116,13 +119,11 @@ class MemberSteps:
         first = members[0].run.optimizer
         self.fused: FusedSGDW | None = None
         if first.name == _FUSED_LAUNCH and not fp16:
+            groups = [member.optimizer.param_groups[0] for member in members]
             self.fused = FusedSGDW(
                 params,
                 members=self.count,
-                lr=[0.0] * self.count,  # written by sync() before the first step
-                momentum=[0.0] * self.count,
-                dampening=[0.0] * self.count,
-                weight_decay=[0.0] * self.count,
+                **{key: [float(g[key]) for g in groups] for key in _MEMBER_VALUES},
                 nesterov=first.nesterov,
                 decoupled_weight_decay=first.decoupled_weight_decay,
                 backend=first.backend,
@@ -133,15 +134,10 @@ class MemberSteps:
         if self.fused is None:
             return
         for k, member in enumerate(self.members):
-            group = member.optimizer.param_groups[0]
-            self.fused.set_member(
-                0,
-                k,
-                lr=0.0 if member.outcome is not None else float(group["lr"]),
-                momentum=group["momentum"],
-                dampening=group["dampening"],
-                weight_decay=group["weight_decay"],
-            )
+            values = {key: float(member.optimizer.param_groups[0][key]) for key in _MEMBER_VALUES}
+            if member.outcome is not None:
+                values["lr"] = 0.0
+            self.fused.set_member(0, k, **values)
 
     def step(self) -> None:
         if self.fused is not None:
@@ -164,7 +160,8 @@ class MemberSteps:
         """Member ``k``'s optimizer state in its own optimizer's standard format (for a FusedSGDW
         member, torch.optim.SGD's: its momentum buffers are its slices of the array's buffers)."""
         member = self.members[k]
-        if self.fused is not None:
+        if self.fused is not None and member.optimizer.param_groups[0]["momentum"] != 0:
+            # a momentum-0 member keeps no buffer, as torch.optim.SGD keeps none (the array's slice is unused)
             for view, param in zip(member.params, self.params, strict=True):
                 buffer = self.fused.state.get(param, {}).get("momentum_buffer")
                 if buffer is not None:
