@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..config import RunConfig, config_warnings
+from ..models import member_cross_entropy
 from ..optim import FusedSGDW
 from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, rng_state, set_rng_state
 from .io import CheckpointWriter, write_json, write_metrics, write_status
@@ -413,7 +413,7 @@ class _Array:
         for images, labels in self.train_loader:
             with autocast(rt):
                 logits = self.forward(images)  # [N, K, classes]
-            losses = _member_losses(logits, labels, smoothing)
+            losses = member_cross_entropy(logits.float(), labels, label_smoothing=smoothing)
             if scalers[0].is_enabled():  # fp16: each member's loss scaled by its own scaler
                 loss = sum(scaler.scale(losses[k]) for k, scaler in enumerate(scalers))
             else:
@@ -446,24 +446,11 @@ class _Array:
                 images = torch.cat([images, filler]).contiguous(memory_format=torch.channels_last)
             with autocast(rt):
                 logits = self.forward(images)[:n].float()
-            loss_sums += _member_losses(logits, labels, 0.0, reduction="sum").double()
+            loss_sums += member_cross_entropy(logits, labels, reduction="sum").double()
             correct += (logits.argmax(2) == labels[:, None]).sum(0)
             total += n
         sync(rt.device)
         return (loss_sums / max(total, 1)).tolist(), (correct.double() / max(total, 1)).tolist()
-
-
-def _member_losses(
-    logits: torch.Tensor, labels: torch.Tensor, smoothing: float, reduction: str = "mean"
-) -> torch.Tensor:
-    """Each member's cross-entropy over the batch, [K]: logits [N, K, classes], labels [N]."""
-    per_sample = F.cross_entropy(
-        logits.float().permute(0, 2, 1),
-        labels[:, None].expand(-1, logits.shape[1]),
-        label_smoothing=smoothing,
-        reduction="none",
-    )  # [N, K]
-    return per_sample.mean(0) if reduction == "mean" else per_sample.sum(0)
 
 
 def _initialize_members(module: torch.nn.Module, run: RunConfig, rt: Runtime) -> None:
