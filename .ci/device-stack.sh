@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Sets up the GPU machine's software stack (.ci/device-stack.env) on a CPU machine, as the device runs it:
 # its Python and torch/torchvision/triton releases in a venv of their own, pydantic and its needs as cp312
-# wheels in .whl/ (the folder a lease carries) installed with `pip --no-deps --target`, the kernels built in
-# place, the package imported from the tree through PYTHONPATH (nothing of it pip-installed). Source it:
+# wheels in .whl/ (what a GPU machine without network is given, docs/gpu_check.md) installed with
+# `pip --no-deps --target`, the kernels built in place, the package imported from the tree through
+# PYTHONPATH (nothing of it pip-installed). Source it:
 #
 #     source .ci/device-stack.sh     # then: "$DEVICE_PY" -m pytest -q
 #
 # It exports DEVICE_PY (that venv's python) and PYTHONPATH. The venv lives outside the tree (it must never
-# travel to the device: ~3 GB) in $FASTTRICK_DEVICE_VENV, default ~/.cache/fasttrick/device-stack; a rerun
+# be copied to a GPU machine with the checkout: ~3 GB) in $FASTTRICK_DEVICE_VENV, default ~/.cache/fasttrick/device-stack; a rerun
 # reuses it when its versions still match the file.
 
 _device_stack() {
@@ -45,7 +46,7 @@ sys.exit(have != want)" 2>/dev/null; then
     echo "device stack: installed in $(($(date +%s) - start)) s, $(du -sh "$venv" | cut -f1) on disk"
   fi
 
-  # The wheels the device lacks, fetched for its platform exactly as ../shared/GPU.md has a lease fetch them.
+  # The wheels the GPU machine lacks, fetched for its platform as docs/gpu_check.md fetches them.
   local platforms=() p
   for p in $DEVICE_WHEEL_PLATFORMS; do platforms+=(--platform "$p"); done
   rm -rf "$root/.whl" "$site"

@@ -1,104 +1,107 @@
 #!/usr/bin/env bash
-# The GPU lease plan: ONE lease of the device tool, TWO calls issued back to back (the machine stays warm
-# for 30 s between them, so only the first pays a start). docs/gpu_lease.md says how to prepare and call
-# it and what to commit afterwards. From the repo root, on the device (python3 there is the device's):
+# The GPU check: builds fasttrick on a GPU machine, runs the tests that need a GPU, measures the optimizer,
+# loader and train-step benchmarks, then reruns the studies and writes their report. docs/gpu_check.md says
+# how to prepare a machine, what each step measures and what to commit afterwards. From the repository root:
 #
-#   call 1 (run tool: carry [".data", ".whl"], timeout_s 470):
-#     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
-#     OUT=$OUT bash benchmarks/gpu_check.sh --call 1
-#   call 2 (the same carry, timeout_s 350), at once after call 1 returns:
-#     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
-#     OUT=$OUT bash benchmarks/gpu_check.sh --call 2
-#   dry run, on a CPU (CI runs it on the device stack, .ci/device-stack.sh), both calls shortened:
-#     OUT=<folder> bash benchmarks/gpu_check.sh --dry-run
+#   OUT=<folder> bash benchmarks/gpu_check.sh --part 1   # facts, build, GPU tests, benchmarks
+#   OUT=<folder> bash benchmarks/gpu_check.sh --part 2   # the studies (docs/REPRODUCTION.md's order), REPORT.md
+#   OUT=<folder> bash benchmarks/gpu_check.sh --dry-run  # both parts, shortened, on any machine (CPU included)
 #
-# Call 1 measures: machine facts (nvidia-smi, nvcc -> CUDA_HOME, versions against .ci/device-stack.env, the
+# Part 1 measures: machine facts (nvidia-smi, nvcc -> CUDA_HOME, versions against .ci/device-stack.env, the
 # device-to-device copy bandwidth), the build (CPU and CUDA kernels separately), the tests that need a GPU
-# (pytest-xdist), the optimizer, loader and train-step benchmarks (numerics checked in each). Call 2 runs the
-# studies in docs/REPRODUCTION.md's priority order, as many as its budget allows, packed --workers N per
-# GPU as call 1 found pays, then REPORT.md; its results go out as one tar.gz (no checkpoints).
+# (pytest-xdist), the optimizer, loader and train-step benchmarks (numerics checked in each). Part 2 runs the
+# studies in docs/REPRODUCTION.md's priority order, as many as its time allows, packed --workers N per GPU as
+# part 1 found pays, then REPORT.md; its results go out as one tar.gz (no checkpoints).
 #
-# Every step runs under `timeout` with its own budget (BUDGETS below); after every step the table
-# (step, budget, seconds, status) is rewritten to $OUT/steps.txt and printed, so a kill keeps what ran.
-# At most 8 files come back from $OUT: logs are packed into $OUT/logs.tar.gz after every step.
+# Each part stays under 9 minutes, so that it fits a machine whose commands are limited to 10: every step runs
+# under `timeout` with its own budget (BUDGETS below), and after every step the table (step, budget, seconds,
+# status) is rewritten to $OUT/steps.txt and printed, so a part stopped from outside keeps what ran. $OUT holds
+# at most 8 files (logs are packed into $OUT/logs.tar.gz after every step). Part 2 reuses part 1's build and
+# packing decision when both run on the same machine (they are kept in $GPU_CHECK_STATE, /tmp by default).
 set -uo pipefail
 
-# Real budgets, seconds. Estimates until a GPU measures them (docs/gpu_lease.md gives each one's basis).
-# Each call's sum stays under its run timeout_s minus ~40 s for pip, packing and the reply; the two calls plus
-# one machine start (60-120 s) fit the 15-minute lease.
+# Budgets, seconds. Estimates until a GPU measures them (docs/gpu_check.md gives each one's basis). Each part's
+# sum stays under its limit, and each limit ~40 s under a 9-minute command, for installing carried wheels,
+# packing the results and copying them off the machine. Both parts and one machine start (1-2 min) fit 15 min.
 declare -A BUDGETS=(
   [facts]=20 [build]=90 [tests]=60 [bench_optim]=75 [bench_loaders]=20 [bench_train]=100 [bench_autotune]=55
   [build_check]=15 [studies]=255 [report]=20
 )
-CALL1_STEPS=(facts build tests bench_optim bench_loaders bench_train bench_autotune)
-CALL2_STEPS=(build_check studies report)
-CALL1_LIMIT=430 # run tool timeout_s 470
-CALL2_LIMIT=310 # run tool timeout_s 350
+PART1_STEPS=(facts build tests bench_optim bench_loaders bench_train bench_autotune)
+PART2_STEPS=(build_check studies report)
+PART1_LIMIT=430
+PART2_LIMIT=310
 # Study priority (docs/REPRODUCTION.md): claims decided per epoch of training, most first.
 STUDIES=(group2 lr_momentum group3 schedules l2 group1)
 
 usage() {
-  echo "usage: OUT=<folder> bash benchmarks/gpu_check.sh (--call 1|2 [--workers N] | --dry-run)"
+  echo "usage: OUT=<folder> bash benchmarks/gpu_check.sh (--part 1|2 [--workers N] | --dry-run)"
   exit 2
 }
-calls=()
+parts=()
 one_step=""
 dry_run="${GPU_CHECK_DRY_RUN:-0}"
 workers="${GPU_CHECK_WORKERS:-}"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --call) [ "${2:-}" = 1 ] || [ "${2:-}" = 2 ] || usage; calls=("$2"); shift ;;
-    --dry-run) dry_run=1; calls=(1 2) ;;
+    --part) [ "${2:-}" = 1 ] || [ "${2:-}" = 2 ] || usage; parts=("$2"); shift ;;
+    --dry-run) dry_run=1; parts=(1 2) ;;
     --workers) workers="${2:?}"; shift ;;
     --step) one_step="${2:?}"; shift ;; # internal: one step, in its own process so `timeout` can stop it
     *) usage ;;
   esac
   shift
 done
-[ ${#calls[@]} -gt 0 ] || [ -n "$one_step" ] || usage
+[ ${#parts[@]} -gt 0 ] || [ -n "$one_step" ] || usage
 : "${OUT:?set OUT to the folder that receives the results}"
+OUT="$(mkdir -p "$OUT" && cd "$OUT" && pwd)" || exit 2 # absolute: the steps run from the repository root
 cd "$(dirname "$0")/.."
 root="$PWD"
 self="$root/benchmarks/gpu_check.sh"
 py="${PYTHON:-python3}"
 if [ -z "$one_step" ]; then
   export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-  [ -f .data/cifar10-jpeg.tar.xz ] && export FASTTRICK_DATA="$root/.data/cifar10-jpeg.tar.xz"
-  # Survives between the two calls while the machine stays warm; $OUT is emptied before each call.
-  export FASTTRICK_LEASE_DIR="${FASTTRICK_LEASE_DIR:-/tmp/fasttrick-lease}"
-  [ "$dry_run" = 1 ] && FASTTRICK_LEASE_DIR="$(mktemp -d)"
-  export FASTTRICK_CACHE="${FASTTRICK_CACHE:-$FASTTRICK_LEASE_DIR/cache}" GPU_CHECK_DRY_RUN="$dry_run" \
+  # CIFAR-10: $FASTTRICK_DATA, else an archive carried in the checkout's .data/ (git-ignored); a GPU machine
+  # often has no network for torchvision's download.
+  if [ -z "${FASTTRICK_DATA:-}" ] && [ -f .data/cifar10-jpeg.tar.xz ]; then
+    export FASTTRICK_DATA="$root/.data/cifar10-jpeg.tar.xz"
+  fi
+  echo "gpu_check: CIFAR-10 from ${FASTTRICK_DATA:-a torchvision download (FASTTRICK_DATA is unset, no .data/)}"
+  # Part 1's build and packing decision, for part 2 on the same machine ($OUT may be emptied between parts).
+  export GPU_CHECK_STATE="${GPU_CHECK_STATE:-/tmp/fasttrick-gpu-check}"
+  [ "$dry_run" = 1 ] && GPU_CHECK_STATE="$(mktemp -d)"
+  export FASTTRICK_CACHE="${FASTTRICK_CACHE:-$GPU_CHECK_STATE/cache}" GPU_CHECK_DRY_RUN="$dry_run" \
     GPU_CHECK_WORKERS="$workers"
 fi
-lease="$FASTTRICK_LEASE_DIR"
-logs="$lease/logs"
+state="$GPU_CHECK_STATE"
+logs="$state/logs"
 mkdir -p "$logs" "$OUT"
 
-for call in 1 2; do
-  steps_var="CALL${call}_STEPS[@]"
-  limit_var="CALL${call}_LIMIT"
+for part in 1 2; do
+  steps_var="PART${part}_STEPS[@]"
+  limit_var="PART${part}_LIMIT"
   total=0
   for s in "${!steps_var}"; do total=$((total + BUDGETS[$s])); done
   if [ "$total" -gt "${!limit_var}" ] || [ "${!limit_var}" -ge 540 ]; then
-    echo "gpu_check: call $call's budgets sum to $total s, over its limit ${!limit_var} s (< 540): fix BUDGETS"
+    echo "gpu_check: part $part's budgets sum to $total s, over its limit ${!limit_var} s (< 540): fix BUDGETS"
     exit 2
   fi
 done
 
 table="$OUT/steps.txt"
-call_start=$(date +%s)
+part_start=$(date +%s)
 [ -z "$one_step" ] && printf '%-15s %8s %8s %8s  %s\n' step budget_s limit_s seconds status >"$table"
 
 # step NAME DRY_LIMIT [RESERVE]: runs the function NAME (in `gpu_check.sh --step NAME`) under timeout, with
 # the real budget or DRY_LIMIT in a dry run; logs to $logs/NAME.log, appends a row to the table, packs the
-# logs and prints the table. With RESERVE, the step may also use what earlier steps left of the call's limit,
+# logs and prints the table. With RESERVE, the step may also use what earlier steps left of the part's limit,
 # keeping RESERVE seconds for the steps after it (an estimate that was too high then buys a longer last step).
 failed=()
 step() {
   local name="$1" dry_limit="$2" reserve="${3:-}" limit status start seconds rc left
   limit="${BUDGETS[$name]}"
   if [ -n "$reserve" ]; then
-    left=$((call_limit - ($(date +%s) - call_start) - reserve))
+    left=$((part_limit - ($(date +%s) - part_start) - reserve))
     [ "$left" -gt "$limit" ] && limit="$left"
   fi
   [ "$dry_run" = 1 ] && limit="$dry_limit"
@@ -116,10 +119,10 @@ step() {
   [ "$rc" = 0 ] || failed+=("$name")
   tail -n 12 "$logs/$name.log"
   printf '%-15s %8s %8s %8s  %s\n' "$name" "${BUDGETS[$name]}" "$limit" "$seconds" "$status" >>"$table"
-  tar -czf "$OUT/logs.tar.gz" -C "$lease" logs 2>/dev/null
+  tar -czf "$OUT/logs.tar.gz" -C "$state" logs 2>/dev/null
   printf '\n'
   cat "$table"
-  echo "call so far: $(($(date +%s) - call_start)) s"
+  echo "part so far: $(($(date +%s) - part_start)) s"
 }
 skip() {
   printf '%-15s %8s %8s %8s  %s\n' "$1" "${BUDGETS[$1]}" - - "skipped: $2" >>"$table"
@@ -173,8 +176,11 @@ EOF
 }
 
 build() {
-  # sm_90 only: the one card here (setup.py's default list builds every architecture: one nvcc pass each).
-  TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" BUILD_LOG_DIR="$logs" \
+  # Only the architecture of the card present (setup.py's default list costs one nvcc pass per architecture);
+  # sm_90 where no GPU is seen (a dry run).
+  local arch
+  arch="$("$py" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability() if torch.cuda.is_available() else "")')"
+  TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-${arch:-9.0}}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" BUILD_LOG_DIR="$logs" \
     "$root/.ci/build-inplace.sh" "$py"
   "$py" -m fasttrick.env
 }
@@ -182,8 +188,8 @@ build() {
 tests() {
   local selection=(tests -k "cuda or triton or gpu")
   [ "$dry_run" = 1 ] && selection=(tests/test_sgdw_op.py -k "opcheck or launch")
-  # 4 processes share the GPU (pytest-xdist is on the device; 2 on a 2-core dry run); a machine without
-  # xdist runs them in one.
+  # 4 processes share the GPU (2 in a dry run, which may have 2 cores); a machine without pytest-xdist
+  # runs them in one.
   local parallel=() workers=4
   [ "$dry_run" = 1 ] && workers=2
   "$py" -c "import xdist" 2>/dev/null && parallel=(-n "${TEST_WORKERS:-$workers}")
@@ -210,20 +216,20 @@ bench_optim() {
 }
 
 bench_loaders() {
-  # The CPU loaders and the cache decode are CPU-only figures: measured on the dev machine, not here.
+  # The CPU loaders and the cache decode are CPU figures: measured on a CPU machine, not here.
   if [ "$dry_run" = 1 ]; then bench loaders -k "torch-cpu"; else bench loaders -k "cuda"; fi
 }
 
 bench_train() {
   bench train -k "not max-autotune"
-  # Packing for call 2 (a heuristic until measured): when batch 1024 runs >= 1.15x the images/s of batch 512,
+  # Packing for part 2 (a heuristic until measured): when batch 1024 runs >= 1.15x the images/s of batch 512,
   # one run at batch 512 leaves the GPU under-filled, and a second run beside it fills the gaps.
-  "$py" - "$OUT/bench_train.json" "$lease/workers" <<'EOF'
+  "$py" - "$OUT/bench_train.json" "$state/workers" <<'EOF'
 import json, sys
 rows = {b["extra_info"]["impl"]: b["extra_info"]["images_per_s"] for b in json.load(open(sys.argv[1]))["benchmarks"]}
 b512, b1024 = rows.get("fasttrick-compiled-bf16-b512"), rows.get("fasttrick-compiled-bf16-b1024")
 workers = 2 if b512 and b1024 and b1024 >= 1.15 * b512 else 1
-print(f"packing for call 2: {workers} run(s) per GPU (compiled bf16 images/s: b512 {b512}, b1024 {b1024})")
+print(f"packing for part 2: {workers} run(s) per GPU (compiled bf16 images/s: b512 {b512}, b1024 {b1024})")
 open(sys.argv[2], "w").write(str(workers))
 EOF
 }
@@ -234,16 +240,16 @@ bench_autotune() {
 }
 
 build_check() {
-  # A warm machine kept call 1's kernels (build_ext finds them up to date); a fresh one builds them again.
+  # The same machine kept part 1's kernels (build_ext finds them up to date); a fresh one builds them again.
   build
 }
 
 studies() {
-  local n="${workers:-$(cat "$lease/workers" 2>/dev/null || echo 2)}" remaining study start
+  local n="${workers:-$(cat "$state/workers" 2>/dev/null || echo 2)}" remaining study start
   start=$(date +%s)
   echo "studies: --workers $n"
   if [ "$dry_run" = 1 ]; then
-    "$py" -m fasttrick.train --config configs/smoke.yaml --out "$lease/studies/smoke" --no-bar --workers 1 \
+    "$py" -m fasttrick.train --config configs/smoke.yaml --out "$state/studies/smoke" --no-bar --workers 1 \
       --only "fused_sgdw*" --epochs 2 --set data.train_subset=1024 --set data.test_subset=512
     return
   fi
@@ -252,18 +258,18 @@ studies() {
     remaining=$((GPU_CHECK_STEP_LIMIT - 5 - ($(date +%s) - start)))
     [ "$remaining" -gt 20 ] || break
     echo "study $study: up to $remaining s"
-    timeout "$remaining" "$py" -m fasttrick.train --config "configs/$study.yaml" --out "$lease/studies/$study" \
+    timeout "$remaining" "$py" -m fasttrick.train --config "configs/$study.yaml" --out "$state/studies/$study" \
       --no-bar --workers "$n" || echo "study $study: stopped (exit $?), its finished runs count"
   done
 }
 
 report() {
-  local dirs=("$lease"/studies/*/)
+  local dirs=("$state"/studies/*/)
   [ -d "${dirs[0]}" ] || { echo "no study folder to report on"; return 1; }
-  "$py" -m fasttrick.report "${dirs[@]}" --out "$lease/studies"
-  cp "$lease/studies/REPORT.md" "$OUT/REPORT.md"
+  "$py" -m fasttrick.report "${dirs[@]}" --out "$state/studies"
+  cp "$state/studies/REPORT.md" "$OUT/REPORT.md"
   # Metrics, summaries, plots, diagnoses and REPORT.md; never the checkpoints (~90 MB each).
-  tar -czf "$OUT/studies.tar.gz" --exclude='checkpoint*' -C "$lease" studies
+  tar -czf "$OUT/studies.tar.gz" --exclude='checkpoint*' -C "$state" studies
   ls -la "$OUT/studies.tar.gz"
 }
 
@@ -273,13 +279,13 @@ if [ -n "$one_step" ]; then
   "$one_step"
   exit
 fi
-for call in "${calls[@]}"; do
-  echo "gpu_check: call $call$([ "$dry_run" = 1 ] && echo ' (dry run: CPU, shortened)')"
-  printf '%-15s %8s %8s %8s  %s\n' "== call $call" "" "" "" "" >>"$table"
-  call_start=$(date +%s)
-  limit_var="CALL${call}_LIMIT"
-  call_limit="${!limit_var}"
-  if [ "$call" = 1 ]; then
+for part in "${parts[@]}"; do
+  echo "gpu_check: part $part$([ "$dry_run" = 1 ] && echo ' (dry run: CPU, shortened)')"
+  printf '%-15s %8s %8s %8s  %s\n' "== part $part" "" "" "" "" >>"$table"
+  part_start=$(date +%s)
+  limit_var="PART${part}_LIMIT"
+  part_limit="${!limit_var}"
+  if [ "$part" = 1 ]; then
     step facts 120
     step build 900
     step tests 300
@@ -289,11 +295,11 @@ for call in "${calls[@]}"; do
     if [ "$dry_run" = 1 ]; then
       skip bench_autotune "dry run: max-autotune is a CUDA-only variant"
     else
-      step bench_autotune 0 10 # last of call 1: its autotuning compile takes what the others left
+      step bench_autotune 0 10 # last of part 1: its autotuning compile takes what the others left
     fi
   else
     step build_check 900
-    step studies 300 "${BUDGETS[report]}" # as many studies as the call's remaining time allows
+    step studies 300 "${BUDGETS[report]}" # as many studies as the part's remaining time allows
     step report 120
   fi
 done

@@ -12,7 +12,7 @@ would time it; the CIFAR-10 cache is built before, so no measurement decodes JPE
 by one; Ray's overhead <= 10 s.
 They are reported against the targets (extra_info, and the printed lines), not asserted: a timing
 depends on the machine's load, and a benchmark measures. extra_info carries the load average before
-and after; the figures mean little under a load of another job. About 3.5 minutes on 2 cores.
+and after; the figures mean little under a load of another job. About 6 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ RAY_OVERHEAD_TARGET_S = 10.0
 def cache(tmp_path_factory) -> dict[str, str]:
     """The environment of the timed commands, its CIFAR-10 cache already built."""
     if not os.environ.get("FASTTRICK_DATA"):
-        pytest.skip("FASTTRICK_DATA is unset: point it at CIFAR-10 (e.g. ../shared/data/cifar10-jpeg.tar.xz)")
+        pytest.skip("FASTTRICK_DATA is unset: point it at a CIFAR-10 archive or folder (see docs/running.md)")
     env = {**os.environ, "FASTTRICK_CACHE": str(tmp_path_factory.mktemp("fasttrick-cache"))}
     subprocess.run([sys.executable, "-m", "fasttrick.data", "prepare"], env=env, check=True, capture_output=True)
     return env

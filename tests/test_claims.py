@@ -17,7 +17,7 @@ from fasttrick.results.study import load_studies
 
 from results_helpers import EPOCHS, config, curve, metrics, sgd, write_lr_momentum, write_study
 
-SHORT = 6  # the issue's scaled-down run: too short for `unstable` and `overfitting` (both judge from 7 epochs)
+SHORT = 6  # a scaled-down run: too short for `unstable` and `overfitting` (both judge from 7 epochs)
 
 
 def plateau(mode: str, min_lr: float = 0.0) -> dict:
@@ -209,7 +209,7 @@ def test_claim_3_names_the_optimizers_tested_present_and_in_the_post(tmp_path):
 
 
 def test_a_short_lr_momentum_grid_takes_no_diagnosis_verdict(tmp_path):
-    """The issue's case: 6 epochs cannot carry "unstable" either way, so neither claim 1 nor 2 is refuted."""
+    """A 6-epoch grid: 6 epochs cannot carry "unstable" either way, so neither claim 1 nor 2 is refuted."""
     verdicts = evaluate_claims(load_studies(lr_momentum(epochs=SHORT)(tmp_path)))
     assert [verdicts[0].verdict, verdicts[1].verdict] == ["inconclusive", "inconclusive"]
 

@@ -29,7 +29,7 @@ BATCH = 512
 @pytest.fixture(scope="session")
 def cifar10_cache(tmp_path_factory) -> tuple[Cifar10, object]:
     if not os.environ.get("FASTTRICK_DATA"):
-        pytest.skip("FASTTRICK_DATA is unset: point it at CIFAR-10 (e.g. ../shared/data/cifar10-jpeg.tar.xz)")
+        pytest.skip("FASTTRICK_DATA is unset: point it at a CIFAR-10 archive or folder (see docs/running.md)")
     cache_dir = tmp_path_factory.mktemp("fasttrick-cache")
     return load_cifar10(cache_dir=cache_dir), cache_dir
 

@@ -45,7 +45,7 @@ GiB = 2**30
 def grid_cache(tmp_path_factory):
     """FASTTRICK_CACHE for the grid tests, its CIFAR-10 cache built once for the session."""
     if not os.environ.get("FASTTRICK_DATA"):
-        pytest.skip("FASTTRICK_DATA is unset: point it at CIFAR-10 (e.g. ../shared/data/cifar10-jpeg.tar.xz)")
+        pytest.skip("FASTTRICK_DATA is unset: point it at a CIFAR-10 archive or folder (see docs/running.md)")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FASTTRICK_CACHE", str(tmp_path_factory.mktemp("fasttrick-cache")))
         from fasttrick.data import load_cifar10

@@ -1,4 +1,4 @@
-"""A report over runs that are not the post's setting says so first: the issue's scaled-down run (width 0.125,
+"""A report over runs that are not the post's setting says so first: a scaled-down run (width 0.125,
 8192/2048 images, 6 epochs) as synthetic folders, and the reference values tied to the config schema."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_the_reference_values_are_the_schemas_defaults_and_the_quick_profile():
     assert PROFILE_DEFAULTS["quick"]["train.epochs"] == setting.QUICK_EPOCHS
 
 
-def test_the_issues_scaled_down_run_opens_with_a_banner_and_takes_no_unfounded_verdict(tmp_path):
+def test_a_scaled_down_run_opens_with_a_banner_and_takes_no_unfounded_verdict(tmp_path):
     lr_momentum = write_lr_momentum(tmp_path / "lr_momentum", epochs=6)
     scaled_down(lr_momentum, "lr_momentum", [p.name for p in lr_momentum.iterdir() if p.is_dir()])
     cosine = {"name": "cosine", "eta_min": 2e-3}

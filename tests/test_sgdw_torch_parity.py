@@ -1,4 +1,4 @@
-"""FusedSGDW behaves like torch.optim.SGD where client code can tell (issue 11): lr kept as given,
+"""FusedSGDW behaves like torch.optim.SGD where client code can tell: lr kept as given,
 every input torch takes, torch's keyword arguments, DTensor parameters and param groups over devices."""
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def test_lightning_like_lr_snapshot_and_state_dict_snapshot_keep_their_values():
         opt.step()
         seen.append(opt.param_groups[0]["lr"])
         sched.step()
-    assert seen == [0.1, 0.1, 0.05, 0.05]  # what the issue saw Lightning record as [0.025] * 4
+    assert seen == [0.1, 0.1, 0.05, 0.05]  # an lr tensor changed in place would log [0.025] * 4
     assert snapshot["param_groups"][0]["lr"] == 0.1
 
 
@@ -168,7 +168,7 @@ def test_every_strided_layout_matches_torch_sgd(backend, layout):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_momentum_buffer_strides_differing_in_size1_dims_are_taken(backend):
-    """A 1x1 convolution's channels-last param with a contiguous buffer from a checkpoint (issue 13)."""
+    """A 1x1 convolution's channels-last param with a contiguous buffer from a checkpoint."""
     conv = torch.nn.Conv2d(4, 8, 1, bias=False).to(memory_format=torch.channels_last)
     ref_conv = copy.deepcopy(conv)
     x = torch.randn(2, 4, 3, 3).to(memory_format=torch.channels_last)

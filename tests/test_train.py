@@ -46,7 +46,7 @@ ROW_KEYS = {
 @pytest.fixture(scope="module")
 def real_data(tmp_path_factory):
     if not os.environ.get("FASTTRICK_DATA"):
-        pytest.skip("FASTTRICK_DATA is unset: point it at CIFAR-10 (e.g. ../shared/data/cifar10-jpeg.tar.xz)")
+        pytest.skip("FASTTRICK_DATA is unset: point it at a CIFAR-10 archive or folder (see docs/running.md)")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FASTTRICK_CACHE", str(tmp_path_factory.mktemp("fasttrick-cache")))
         yield

@@ -24,7 +24,7 @@ examples:
   python -m fasttrick.train --config configs/group2.yaml --backend ray --address auto --out /nfs/runs/group2
   python -m fasttrick.report runs/group2                                   # summary and plots again
 
-config keys (see src/fasttrick/config.py): seed, data.{root,loader,batch_size,train_subset,test_subset},
+config keys (see src/fasttrick/config/schema.py): seed, data.{root,loader,batch_size,train_subset,test_subset},
 model.{width,channels_last}, train.{epochs,device,precision,compile,compile_mode,compile_backend,
 deterministic,label_smoothing}, optimizer.{name: fused_sgdw|sgd|adam|adamw|nadam, lr, momentum, ...},
 scheduler.{name: step|multistep|cosine|cosine_restarts|plateau|constant, ...}, warmup.{epochs,start_factor}.

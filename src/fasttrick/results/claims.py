@@ -1,4 +1,4 @@
-"""The post's nine claims (../shared/seed/EXPERIMENTS.md), each decided by explicit code from studies.
+"""The post's nine claims (docs/REPRODUCTION.md), each decided by explicit code from studies.
 
 Each claim picks its configs by their config.yaml values (fasttrick.results.select), takes its measures
 (fasttrick.results.evidence) and returns (outcome, reason, the configs it rests on). A part whose measure
