@@ -44,7 +44,7 @@ def _process_umask() -> int:
 FILE_MODE = 0o666 & ~_process_umask()
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
+def atomic_write(path: Path, data: bytes | memoryview | str) -> None:
     """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new, never half.
 
     The file gets `FILE_MODE` (what the umask gives a new file), so metrics, statuses and summaries on a

@@ -16,10 +16,12 @@ from .schema import (
     FusedSGDWConfig,
     GridFile,
     NAdamConfig,
+    ProfileName,
     RunConfig,
     SGDConfig,
     config_warnings,
     first_difference,
+    is_profile,
     resolve_epochs,
 )
 from .yamlio import dump_yaml, load_yaml
@@ -33,12 +35,14 @@ __all__ = [
     "FusedSGDWConfig",
     "GridFile",
     "NAdamConfig",
+    "ProfileName",
     "RunConfig",
     "SGDConfig",
     "config_warnings",
     "describe_errors",
     "dump_yaml",
     "first_difference",
+    "is_profile",
     "load_yaml",
     "resolve_epochs",
 ]

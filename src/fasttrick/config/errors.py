@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from typing import get_args
 
 from pydantic import BaseModel, ValidationError
 
@@ -64,7 +65,7 @@ def _tag_models() -> dict[str, dict[str, type[BaseModel]]]:
         ("scheduler", (StepConfig, MultiStepConfig, CosineConfig, CosineRestartsConfig, PlateauConfig, ConstantConfig)),
     ):
         for model in models:
-            for tag in model.model_fields["name"].annotation.__args__:
+            for tag in get_args(model.model_fields["name"].annotation):
                 out[block][tag] = model
     return out
 

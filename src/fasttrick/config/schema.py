@@ -24,16 +24,22 @@ A grid file is a base run, optional named profiles, then runs and axes; see ``fa
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # --profile NAME: the built-in layer under a grid file's own ``profiles[NAME]`` (fasttrick.grid.expand).
-PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
+ProfileName = Literal["quick", "faithful"]
+PROFILE_DEFAULTS: dict[ProfileName, dict[str, Any]] = {
     "quick": {"train.epochs": 30},  # the default: <= 30 epochs a run, schedules given as shares keep their shape
     "faithful": {"train.epochs": 200},  # the post's length (StepLR every 70 epochs = "35%")
 }
-ProfileName = Literal[tuple(PROFILE_DEFAULTS)]
+
+
+def is_profile(name: str) -> TypeGuard[ProfileName]:
+    return name in PROFILE_DEFAULTS
+
+
 # CIFAR-10's training images (fasttrick.data.sources.NUM_TRAIN; config imports no torch, a test ties the two).
 CIFAR10_TRAIN_IMAGES = 50_000
 
@@ -82,7 +88,10 @@ def resolve_epochs(spec: int | str, epochs: int, *, minimum: int = 0) -> int:
     """Whole epochs for ``spec``: an int as is, ``"35%"`` as round(0.35 * epochs) (half up), at least ``minimum``."""
     if isinstance(spec, int):
         return max(minimum, spec)
-    share = float(_PERCENT.match(spec).group(1)) / 100
+    match = _PERCENT.match(spec)
+    if match is None:  # the schema admits no such value; a caller that bypassed it
+        raise ValueError(f"expected whole epochs (e.g. 70) or a share of the run (e.g. '35%'), got {spec!r}")
+    share = float(match.group(1)) / 100
     return max(minimum, int(share * epochs + 0.5))
 
 
@@ -102,26 +111,26 @@ def _epoch_fields(*names: str):
 class DataConfig(_Strict):
     root: str | None = None  # CIFAR-10 source; None: $FASTTRICK_DATA, else torchvision's download
     loader: Literal["auto", "torch", "dali"] = "auto"
-    batch_size: int = Field(512, ge=1)
-    train_subset: int | None = Field(None, ge=1)  # the first N of a fixed shuffle (same for every run and seed)
-    test_subset: int | None = Field(None, ge=1)
+    batch_size: int = Field(default=512, ge=1)
+    train_subset: int | None = Field(default=None, ge=1)  # the first N of a fixed shuffle (same for every run and seed)
+    test_subset: int | None = Field(default=None, ge=1)
 
 
 class ModelConfig(_Strict):
     name: Literal["resnet18"] = "resnet18"
-    width: float = Field(1.0, gt=0)  # channels x width; 1.0 is the standard 11.17 M-parameter ResNet-18
+    width: float = Field(default=1.0, gt=0)  # channels x width; 1.0 is the standard 11.17 M-parameter ResNet-18
     channels_last: bool = True
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(default=30, ge=1)
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     compile: Literal["auto"] | bool = "auto"  # auto: on for GPU, off for CPU
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     compile_backend: str = "inductor"  # any torch.compile backend; "aot_eager" compiles fast on CPU (tests)
     deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn.benchmark off
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
 
     @field_validator("device")
     @classmethod
@@ -143,7 +152,7 @@ _Momentum = Annotated[float, Field(ge=0, lt=1)]
 class _SGDBase(_Strict):
     lr: _Lr = 0.1
     momentum: _Momentum = 0.9
-    dampening: float = Field(0.0, ge=0, le=1)
+    dampening: float = Field(default=0.0, ge=0, le=1)
     nesterov: bool = False
     weight_decay: _Decay = 5e-4  # coupled L2 on every parameter (biases and BN included), as the post's torch SGD
 
@@ -176,7 +185,7 @@ class AdamConfig(_Strict):
     name: Literal["adam", "adamw"]
     lr: _Lr = 1e-3
     betas: tuple[_Momentum, _Momentum] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
+    eps: float = Field(default=1e-8, gt=0)
     weight_decay: _Decay = 0.0
     amsgrad: bool = False
 
@@ -187,9 +196,9 @@ class NAdamConfig(_Strict):
     name: Literal["nadam"]
     lr: _Lr = 2e-3
     betas: tuple[_Momentum, _Momentum] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
+    eps: float = Field(default=1e-8, gt=0)
     weight_decay: _Decay = 0.0
-    momentum_decay: float = Field(4e-3, ge=0)
+    momentum_decay: float = Field(default=4e-3, ge=0)
     decoupled_weight_decay: bool = False
 
 
@@ -206,16 +215,20 @@ class StepConfig(_Strict):
 
     name: Literal["step"]
     step_size: EpochSpec = "35%"  # the post: every 70 of 200 epochs
-    gamma: float = Field(0.1, gt=0, le=1)
+    gamma: float = Field(default=0.1, gt=0, le=1)
     check_epochs = _epoch_fields("step_size")
+
+
+def _half_and_three_quarters() -> list[EpochSpec]:
+    return ["50%", "75%"]
 
 
 class MultiStepConfig(_Strict):
     """torch MultiStepLR: lr x gamma at each milestone epoch (counted from the end of the warm-up)."""
 
     name: Literal["multistep"]
-    milestones: list[EpochSpec] = Field(default_factory=lambda: ["50%", "75%"], min_length=1)
-    gamma: float = Field(0.1, gt=0, le=1)
+    milestones: list[EpochSpec] = Field(default_factory=_half_and_three_quarters, min_length=1)
+    gamma: float = Field(default=0.1, gt=0, le=1)
 
     @field_validator("milestones", mode="before")
     @classmethod
@@ -239,7 +252,7 @@ class CosineRestartsConfig(_Strict):
 
     name: Literal["cosine_restarts"]
     t_0: EpochSpec = "25%"
-    t_mult: int = Field(1, ge=1)
+    t_mult: int = Field(default=1, ge=1)
     eta_min: _Decay = 0.0
     check_epochs = _epoch_fields("t_0")
 
@@ -250,9 +263,9 @@ class PlateauConfig(_Strict):
     name: Literal["plateau"]
     mode: Literal["min", "max"] = "max"
     monitor: Literal["val_acc", "val_loss", "train_loss"] = "val_acc"
-    factor: float = Field(0.1, gt=0, lt=1)
+    factor: float = Field(default=0.1, gt=0, lt=1)
     patience: EpochSpec = 10
-    threshold: float = Field(1e-4, ge=0)
+    threshold: float = Field(default=1e-4, ge=0)
     threshold_mode: Literal["rel", "abs"] = "rel"
     cooldown: EpochSpec = 0
     min_lr: _Decay = 0.0
@@ -275,12 +288,12 @@ class WarmupConfig(_Strict):
     """Linear warm-up from start_factor x lr to lr over ``epochs`` epochs, before any schedule."""
 
     epochs: EpochSpec = 0
-    start_factor: float = Field(0.1, gt=0, le=1)
+    start_factor: float = Field(default=0.1, gt=0, le=1)
     check_epochs = _epoch_fields("epochs")
 
 
 class RunConfig(_Strict):
-    seed: int = Field(0, ge=0)
+    seed: int = Field(default=0, ge=0)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -44,6 +44,7 @@ This package imports nothing else from fasttrick, and DALI only when the dali ba
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
@@ -108,7 +109,7 @@ def build_loader(
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     dataset = dataset if dataset is not None else load_cifar10(root)
     images, labels = dataset.split(split)
-    common = dict(
+    common: dict[str, Any] = dict(
         train=split == "train",
         batch_size=batch_size,
         mean=dataset.mean,

@@ -88,11 +88,11 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, float, float], tuple
     pixels = images.reshape(-1, images.shape[-1])
     values = np.arange(256.0)
     mean, std = [], []
-    for channel in range(pixels.shape[1]):
+    for channel in range(3):
         histogram = np.bincount(pixels[:, channel], minlength=256) / len(pixels)
         mean.append(float(histogram @ values))
         std.append(float(np.sqrt(histogram @ (values - mean[-1]) ** 2)))
-    return tuple(mean), tuple(std)
+    return (mean[0], mean[1], mean[2]), (std[0], std[1], std[2])
 
 
 def verify(data: Cifar10) -> None:

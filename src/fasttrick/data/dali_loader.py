@@ -139,7 +139,7 @@ class DaliLoader:
             device_id=device_id,
             seed=seed,  # no DALI random operator is used; set for determinism of anything DALI adds
         )
-        self._iterator = None
+        self._iterator: DALIGenericIterator | None = None
         self._epoch_finished = True
 
     def __len__(self) -> int:

@@ -132,7 +132,9 @@ def decode_batches(read: dict[str, bytes], where: str) -> Cifar10:
     classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     if "batches.meta" in read:
         classes = tuple(n.decode() for n in _unpickle(read["batches.meta"], f"{where}/batches.meta")[b"label_names"])
-    return Cifar10.from_arrays(*load(TRAIN_BATCHES), *load([TEST_BATCH]), classes, where)
+    train_images, train_labels = load(TRAIN_BATCHES)
+    test_images, test_labels = load([TEST_BATCH])
+    return Cifar10.from_arrays(train_images, train_labels, test_images, test_labels, classes, where)
 
 
 def decode_archive(path: Path, origin: str) -> Cifar10:
@@ -143,8 +145,9 @@ def decode_archive(path: Path, origin: str) -> Cifar10:
     try:
         with tarfile.open(path, "r|*") as archive:
             for member in archive:
-                if member.isfile():
-                    members[member.name] = archive.extractfile(member).read()
+                content = archive.extractfile(member) if member.isfile() else None
+                if content is not None:
+                    members[member.name] = content.read()
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as err:
         raise _damaged_archive(path, origin, err) from err
 

@@ -19,7 +19,7 @@ import errno
 import random
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ class StorageError(OSError):
         self.path = path
 
     def __str__(self) -> str:
-        return self.strerror
+        return str(self.strerror)
 
 
 @contextlib.contextmanager
@@ -59,7 +59,8 @@ def writing(path: Path) -> Iterator[None]:
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+    name, keys, pos, has_gauss, cached = legacy_state
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,

@@ -7,9 +7,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def format_row(name: str, epochs: int, row: Mapping[str, Any]) -> str:
@@ -24,7 +27,7 @@ class Progress:
     def __init__(self, name: str, epochs: int, log: Callable[[str], None], bar: bool | None = None, every: int = 20):
         self.name, self.epochs, self.log, self.every = name, epochs, log, every
         self.bar_enabled = sys.stderr.isatty() if bar is None else bar
-        self._bar = None
+        self._bar: tqdm | None = None
         self._start = 0.0
 
     def start_epoch(self, epoch: int, steps: int) -> None:

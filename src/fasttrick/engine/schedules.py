@@ -102,7 +102,7 @@ class EpochSchedule:
         if self.main is None:
             return
         if isinstance(self.main, lr_scheduler.ReduceLROnPlateau):
-            value = metrics.get(self.monitor)
+            value = metrics.get(self.monitor) if self.monitor is not None else None
             if value is None:
                 raise KeyError(f"plateau monitors {self.monitor!r}, which this epoch did not report")
             self.main.step(float(value))

@@ -41,9 +41,11 @@ from ..config import (
     PROFILE_DEFAULTS,
     ConfigError,
     GridFile,
+    ProfileName,
     RunConfig,
     config_warnings,
     describe_errors,
+    is_profile,
     load_yaml,
 )
 
@@ -252,7 +254,7 @@ def expand_grid(
     epochs: int | None = None,
     device: str | None = None,
 ) -> Grid:
-    if profile not in PROFILE_DEFAULTS:
+    if not is_profile(profile):
         raise ConfigError([f"--profile {profile!r}: one of {', '.join(PROFILE_DEFAULTS)}"])
     try:
         spec = GridFile.model_validate(data)
@@ -278,7 +280,7 @@ def expand_grid(
     )
 
 
-def _layer(spec: GridFile, profile: str, cli: list[tuple[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+def _layer(spec: GridFile, profile: ProfileName, cli: list[tuple[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """(run name, layered partial config) for every run of the grid, in the layer order of the docstring."""
     entries = spec.runs if spec.runs is not None else [{}]
     axes = list(spec.grid.items())

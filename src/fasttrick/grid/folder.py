@@ -142,6 +142,7 @@ def run_state(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "status.json"
     if not path.exists():
         return None
+    problem: str | None
     try:
         state = read_json(path)
     except (OSError, ValueError) as err:

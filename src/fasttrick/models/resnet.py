@@ -19,7 +19,7 @@ class BasicBlock(nn.Module):
         self.bn1 = member_norm(out_channels, members)
         self.conv2 = member_conv(out_channels, out_channels, 3, members, padding=1)
         self.bn2 = member_norm(out_channels, members)
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
                 member_conv(in_channels, out_channels, 1, members, stride=stride), member_norm(out_channels, members)

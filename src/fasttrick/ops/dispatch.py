@@ -76,7 +76,7 @@ def explain_backends(device: str | torch.device | None = None) -> dict[str, str 
 def auto_choice(device: str | torch.device | None = None) -> tuple[str | None, list[tuple[str, str]]]:
     """The backend `auto` runs on `device` (None: none can), and the faster ones it skips with their causes."""
     device = _concrete(device)
-    skipped = []
+    skipped: list[tuple[str, str]] = []
     for candidate in _AUTO_ORDER.get(device.type, _DEFAULT_AUTO_ORDER):
         cause = _why_not(candidate, device)
         if cause is None:

@@ -54,7 +54,7 @@ def sgdw_foreach_(
     scalars = _step_scalars(lr_tensor if lr_tensor is not None else lr, found_inf, device, opmath)
     if scalars is None:
         return  # a skipped step changes nothing
-    lr, skip = scalars
+    step_lr, skip = scalars  # a float, or a tensor when reading it would sync a device
 
     # fp16/bf16 params and grads are worked on in fp32 copies; fp32/fp64 ones in place.
     low_precision = params[0].dtype != opmath
@@ -69,7 +69,7 @@ def sgdw_foreach_(
         if low_precision:
             _commit(grads, g, skip)
 
-    d = _gradient_term(p, g, grads, lr, skip, weight_decay, maximize, decoupled_weight_decay)
+    d = _gradient_term(p, g, grads, step_lr, skip, weight_decay, maximize, decoupled_weight_decay)
 
     u = d  # the update direction
     if momentum_buffers:
@@ -77,11 +77,11 @@ def sgdw_foreach_(
 
     # p -= lr * u, in place unless the step may be skipped (then p is a temporary committed below).
     in_place = skip is None or low_precision
-    if isinstance(lr, Tensor):
-        u = _foreach("mul", u, u is not grads and u is not momentum_buffers, lr)
+    if isinstance(step_lr, Tensor):
+        u = _foreach("mul", u, u is not grads and u is not momentum_buffers, step_lr)
         new_p = _foreach("sub", p, in_place, u)
     else:
-        new_p = _foreach("add", p, in_place, u, alpha=-lr)
+        new_p = _foreach("add", p, in_place, u, alpha=-step_lr)
     if new_p is not p:
         _commit(p, new_p, skip)
     if low_precision:

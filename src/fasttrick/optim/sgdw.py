@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast, overload
 
 import torch
 from torch import Tensor
@@ -172,6 +172,11 @@ class FusedSGDW(Optimizer):
         for p, buf in buffers.items():
             self.state[p]["momentum_buffer"] = buf.to(device=p.device, dtype=_buffer_dtype(p), copy=True)
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
@@ -276,7 +281,10 @@ def _buffer_dtype(p: Tensor) -> torch.dtype:
 
 
 def _local_tensors(
-    param: Tensor, grad: Tensor, buf: Tensor | None, dtensor: type | tuple[()]
+    param: Tensor,
+    grad: Tensor,
+    buf: Tensor | None,
+    dtensor: Any,  # DTensor, or () (see _dtensor_class)
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """What a kernel updates in place: a DTensor's local shard (its own data_ptr() is 0), and a
     complex tensor as its real view (the update is linear with real coefficients, as torch does it)."""
@@ -291,8 +299,9 @@ def _local_tensors(
                     f"with the same mesh and placements ({param.placements} on {param.device_mesh}), got {got}; "
                     "redistribute it first"
                 )
-        param, grad = param.to_local(), grad.to_local()
-        buf = None if buf is None else buf.to_local()
+        # grad and buf are DTensors too (checked above), which mypy cannot tell from `dtensor`.
+        param, grad = param.to_local(), cast(Any, grad).to_local()
+        buf = None if buf is None else cast(Any, buf).to_local()
     elif isinstance(grad, dtensor) or isinstance(buf, dtensor):
         raise ValueError("FusedSGDW: a plain tensor param has a DTensor grad or momentum buffer; make both DTensors")
     if param.is_complex():

@@ -103,10 +103,11 @@ def claim_3(studies: Studies) -> Decision:
         raise Inconclusive("no constant-lr config has a twin with an lr schedule (same config otherwise, same epochs)")
     present = sorted({_family(g) for g in done})
     tested = sorted({_family(c) for c, _ in twins})
-    parts, evidence = [], []
+    parts: list[Part] = []
+    evidence: list[Group] = []
     for family in tested:
         mine = [(c, s) for c, s in twins if _family(c) == family]
-        outcome, reason = measured(lambda mine=mine: all_expected([compare(s, c, "final_val_acc") for c, s in mine]))
+        outcome, reason = measured(lambda pairs: all_expected([compare(s, c, "final_val_acc") for c, s in pairs]), mine)
         parts.append((outcome, f"{family}: {reason}"))
         for group in (g for pair in mine for g in pair):
             if all(group is not seen for seen in evidence):  # by identity: a config twinned twice is one config
@@ -145,7 +146,7 @@ def claim_4(studies: Studies) -> Decision:
             (INCONCLUSIVE, "min_lr fix: no plateau(min, min_lr > 0) config with a plateau(max, min_lr 0) twin")
         )
     for fixed, twin in fixes:
-        outcome, reason = measured(lambda f=fixed, t=twin: _part(compare(f, t, "final_val_acc"), at_least))
+        outcome, reason = measured(lambda f, t: _part(compare(f, t, "final_val_acc"), at_least), fixed, twin)
         parts.append((outcome, f"min_lr fix: {reason}"))
     return *combine(parts), [low, high, *(g for pair in fixes for g in pair)]
 
@@ -189,7 +190,7 @@ def claim_6(studies: Studies) -> Decision:
     if not sgds:
         raise Inconclusive("group3 has no SGD + momentum config with an lr schedule")
     select.require_done(sgds)
-    return *combine([measured(lambda sgd=sgd: _clearly_above(sgd, adam)) for sgd in sgds]), [adam, *sgds]
+    return *combine([measured(_clearly_above, sgd, adam) for sgd in sgds]), [adam, *sgds]
 
 
 def _clearly_above(sgd: Group, adam: Group) -> Part:
@@ -246,7 +247,7 @@ def claim_8(studies: Studies) -> Decision:
         raise Inconclusive("no two cosine configs differ only in eta_min, one 3+ orders below the lr and one fewer")
     parts = []
     for wide, narrow in pairs:
-        outcome, reason = measured(lambda w=wide, n=narrow: _part(compare(w, n, "final_val_acc"), expect, -1))
+        outcome, reason = measured(lambda w, n: _part(compare(w, n, "final_val_acc"), expect, -1), wide, narrow)
         parts.append((outcome, f"{_cosine_orders(wide):.1f} vs {_cosine_orders(narrow):.1f} orders: {reason}"))
     return *combine(parts), [g for pair in pairs for g in pair]
 
@@ -282,7 +283,7 @@ def claim_9(studies: Studies) -> Decision:
     if not sgds:
         parts.append((INCONCLUSIVE, "no SGD + momentum config with a schedule in group3"))
     for sgd in sgds:
-        outcome, reason = measured(lambda s=sgd: _part(compare(scheduled, s, "final_val_acc"), at_least))
+        outcome, reason = measured(lambda s: _part(compare(scheduled, s, "final_val_acc"), at_least), sgd)
         parts.append((outcome, f"as strong as SGD: {reason}"))
     return *combine(parts), [nadam, adam, scheduled, *sgds]
 

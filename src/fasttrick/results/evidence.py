@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .diagnosis import FLAGGED, HEALTHY, NOT_JUDGED, THRESHOLDS
 from .study import Group, Stat
@@ -127,10 +128,11 @@ def diagnosed(group: Group, mode: str, scope: str | None = None, wanted: bool = 
     return INCONCLUSIVE, counts + " (the seeds disagree)"
 
 
-def measured(evaluate: Callable[[], Part]) -> Part:
-    """One part of a claim; a measure it cannot take makes that part inconclusive with the reason."""
+def measured(evaluate: Callable[..., Part], *args: Any) -> Part:
+    """One part of a claim, ``evaluate(*args)`` (args bind a loop's values); a measure it cannot take makes
+    that part inconclusive with the reason."""
     try:
-        return evaluate()
+        return evaluate(*args)
     except Inconclusive as missing:
         return INCONCLUSIVE, str(missing)
 
