@@ -42,8 +42,8 @@ from typing import Any
 
 import torch
 
-from ..config import RunConfig, config_warnings
-from ..models import member_cross_entropy
+from ..config import FusedSGDWConfig, RunConfig, config_warnings
+from ..models import FusedResNet18, member_cross_entropy
 from ..optim import FusedSGDW
 from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, rng_state, set_rng_state
 from .io import CheckpointWriter, write_json, write_metrics, write_status
@@ -52,11 +52,6 @@ from .progress import Progress, format_row
 from .run import EpochHook, Outcome, build_loaders, metrics_row, set_determinism, write_file
 from .schedules import EpochSchedule, current_lr
 from .session import Runtime, Session, autocast, reinitialize, resolve_runtime, sync
-
-# Optimizers whose members step together; a member of any other family steps alone (its own torch
-# optimizer over its slices). FusedSGDW's group-wide flags are in array_key, its per-member values in
-# the launch's table.
-_FUSED_LAUNCH = "fused_sgdw"
 
 # A FusedSGDW member's own values, each a column of the array's table (FusedSGDW.set_member).
 _MEMBER_VALUES = ("lr", "momentum", "dampening", "weight_decay")
@@ -118,12 +113,15 @@ class MemberSteps:
         self.count = len(members)
         first = members[0].run.optimizer
         self.fused: FusedSGDW | None = None
-        if first.name == _FUSED_LAUNCH and not fp16:
+        if isinstance(first, FusedSGDWConfig) and not fp16:
             groups = [member.optimizer.param_groups[0] for member in members]
             self.fused = FusedSGDW(
                 params,
                 members=self.count,
-                **{key: [float(g[key]) for g in groups] for key in _MEMBER_VALUES},
+                lr=[float(g["lr"]) for g in groups],
+                momentum=[g["momentum"] for g in groups],
+                dampening=[g["dampening"] for g in groups],
+                weight_decay=[g["weight_decay"] for g in groups],
                 nesterov=first.nesterov,
                 decoupled_weight_decay=first.decoupled_weight_decay,
                 backend=first.backend,
@@ -257,7 +255,7 @@ class _Array:
     """An array being trained: the fused network, the shared loaders, the members and how they step."""
 
     rt: Runtime
-    module: torch.nn.Module
+    module: FusedResNet18
     forward: Callable[[torch.Tensor], torch.Tensor]
     train_loader: Any
     test_loader: Any
@@ -271,13 +269,15 @@ class _Array:
         first, count = runs[0], len(runs)
         data = session.dataset(first.data)
         prepared = session.model(first, rt, members=count)
-        _initialize_members(prepared.module, first, rt)
+        module = prepared.module
+        assert isinstance(module, FusedResNet18)  # Session.model with members
+        _initialize_members(module, first, rt)
         train_loader, test_loader = build_loaders(first, rt, data)
-        params = list(prepared.module.parameters())
+        params: list[torch.Tensor] = list(module.parameters())
         fp16 = rt.amp_dtype == torch.float16
         members = []
         for k, (run, run_dir, name) in enumerate(zip(runs, run_dirs, names, strict=True)):
-            views = [view.detach() for view in prepared.module.member_views(k)]
+            views = module.member_views(k)
             optimizer = build_optimizer(run.optimizer, views, rt.device)
             members.append(
                 _Member(
@@ -293,7 +293,7 @@ class _Array:
             )
         return cls(
             rt=rt,
-            module=prepared.module,
+            module=module,
             forward=prepared.forward,
             train_loader=train_loader,
             test_loader=test_loader,
@@ -415,7 +415,7 @@ class _Array:
                 logits = self.forward(images)  # [N, K, classes]
             losses = member_cross_entropy(logits.float(), labels, label_smoothing=smoothing)
             if scalers[0].is_enabled():  # fp16: each member's loss scaled by its own scaler
-                loss = sum(scaler.scale(losses[k]) for k, scaler in enumerate(scalers))
+                loss = torch.stack([scaler.scale(losses[k]) for k, scaler in enumerate(scalers)]).sum()
             else:
                 loss = losses.sum()
             loss.backward()
@@ -453,7 +453,7 @@ class _Array:
         return (loss_sums / max(total, 1)).tolist(), (correct.double() / max(total, 1)).tolist()
 
 
-def _initialize_members(module: torch.nn.Module, run: RunConfig, rt: Runtime) -> None:
+def _initialize_members(module: FusedResNet18, run: RunConfig, rt: Runtime) -> None:
     """Every member starts from the weights a separate run of this seed starts from: a plain ResNet-18
     in the run's memory format re-initialised on the run's device (whose generator the init draws
     from, in memory order), loaded into each member."""

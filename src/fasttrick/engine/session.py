@@ -116,8 +116,8 @@ class Session:
         if prepared is None:
             from ..models import FusedResNet18, resnet18
 
-            plain = members is None
-            module = (resnet18(width=m.width) if plain else FusedResNet18(members, width=m.width)).to(rt.device)
+            module: nn.Module = resnet18(width=m.width) if members is None else FusedResNet18(members, width=m.width)
+            module = module.to(rt.device)
             if m.channels_last:
                 module = module.to(memory_format=torch.channels_last)
             prepared = PreparedModel(module, module)
@@ -125,7 +125,7 @@ class Session:
                 mode = None if t.compile_mode == "default" else t.compile_mode
                 prepared.forward = torch.compile(module, mode=mode, backend=t.compile_backend)
                 prepared.compile_seconds = self._warm_up(prepared, run, rt)
-                what = "the model" if plain else f"an array of {members} models"
+                what = "the model" if members is None else f"an array of {members} models"
                 self.log(f"compiled {what} ({t.compile_backend}, {t.compile_mode}) in {prepared.compile_seconds:.1f} s")
             self._models[key] = prepared
         return prepared
