@@ -1,5 +1,5 @@
 """Fused arrays in the grid: which runs share an array, how a group splits, --fuse, and the arrays
-trained by the engine against the same runs trained one by one (synthetic data, a 1/16-width model)."""
+trained by the engine against the same runs trained one by one (synthetic data, a 1/8-width model)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_runs_that_differ_in_hyperparameters_and_schedule_share_a_group():
             {"name": "b", "optimizer": {"momentum": 0.5, "dampening": 0.1, "weight_decay": 0}},
             {"name": "c", "scheduler": {"name": "cosine"}, "warmup": {"epochs": 1}},
             {"name": "d", "data": {"train_subset": 512}},  # another batch stream
-            {"name": "e", "model": {"width": 0.125}},
+            {"name": "e", "model": {"width": 0.25}},
             {"name": "f", "train": {"epochs": 3}},
             {"name": "g", "optimizer": {"nesterov": True}},  # group-wide in the fused launch
             {"name": "h", "optimizer": {"name": "sgd"}},
@@ -296,7 +296,7 @@ def test_checkpoints_move_between_a_member_and_a_separate_run(synthetic, tmp_pat
 
 
 def test_members_must_share_the_batch_stream_and_resume_together(synthetic, tmp_path):
-    grid = grid_of([{"name": "a"}, {"name": "b", "model": {"width": 0.125}}])
+    grid = grid_of([{"name": "a"}, {"name": "b", "model": {"width": 0.25}}])
     with pytest.raises(ValueError, match="differ in more than optimizer"):
         train_array([r.config for r in grid.runs], [tmp_path / "a", tmp_path / "b"], quiet(synthetic))
     grid = grid_of([{"name": "a"}, {"name": "b", "optimizer": {"lr": 0.2}}])
