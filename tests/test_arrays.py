@@ -203,8 +203,12 @@ ADAM_MEMBERS = [
 ]
 
 
-@pytest.mark.parametrize("members", [SGD_MEMBERS, ADAM_MEMBERS], ids=["fused_sgdw", "adam-family"])
-def test_an_array_trains_as_its_runs_do_one_by_one(synthetic, tmp_path, members):
+# Fused and alone, the same sums run in other orders (grouped against dense convolutions): float32 rounding,
+# which Adam's first steps magnify (m / sqrt(v) of a tiny gradient is about its sign).
+@pytest.mark.parametrize(
+    ("members", "rel"), [(SGD_MEMBERS, 1e-3), (ADAM_MEMBERS, 1e-2)], ids=["fused_sgdw", "adam-family"]
+)
+def test_an_array_trains_as_its_runs_do_one_by_one(synthetic, tmp_path, members, rel):
     grid = grid_of(members)
     runs = [r.config for r in grid.runs]
     fused_dirs = [tmp_path / "fused" / r.name for r in grid.runs]
@@ -212,7 +216,7 @@ def test_an_array_trains_as_its_runs_do_one_by_one(synthetic, tmp_path, members)
     assert [o.status for o in outcomes] == ["finished"] * len(runs)
     for run, fused_dir in zip(grid.runs, fused_dirs, strict=True):
         alone = train_run(run.config, tmp_path / "alone" / run.name, quiet(synthetic))
-        assert_rows_close(rows_of(fused_dir), alone.rows)
+        assert_rows_close(rows_of(fused_dir), alone.rows, rel=rel)
         # every file a separate run writes (result/diagnosis are the grid's, tested below)
         assert {p.name for p in fused_dir.iterdir()} >= {
             "metrics.jsonl",
