@@ -1,8 +1,9 @@
 // CPU implementation of fasttrick::sgdw_: one pass over memory for a whole (device, dtype) group.
 //
-// The group's tensors are treated as one virtual concatenation and split into contiguous ranges,
-// one per thread (at::parallel_for), so small tensors cost no extra parallel region: on the 2-core
-// dev machine, 62 per-tensor regions (ResNet-18) would add tens of microseconds per step.
+// The group's tensors (with members: each member's block of each tensor) are treated as one virtual
+// concatenation and split into contiguous ranges, one per thread (at::parallel_for), so small tensors
+// cost no extra parallel region: on the 2-core dev machine, 62 per-tensor regions (ResNet-18) would add
+// tens of microseconds per step.
 // The inner loop is the update from sgdw_math.h on SIMD registers as wide as the CPU has; its flags are
 // uniform per launch, so their branches cost one well-predicted test per register.
 #include <ATen/ATen.h>
@@ -165,30 +166,51 @@ void sgdw_cpu_range(scalar_t* p, scalar_t* g, at::opmath_type<scalar_t>* b, int6
   }
 }
 
-template <typename scalar_t, bool kHasMomentum, bool kWriteGrad>
-void sgdw_cpu_group(at::TensorList params, at::TensorList grads, at::TensorList bufs,
-                    const SgdwScalars<at::opmath_type<scalar_t>>& s) {
+// One member of one tensor (the whole tensor when the launch has one member): what a parallel task walks.
+template <typename scalar_t>
+struct Segment {
+  scalar_t* p;
+  scalar_t* g;
+  at::opmath_type<scalar_t>* b;  // null without momentum
+  int32_t member;                // row of `member_scalars`
+};
+
+// `member_scalars[k]`: member k's scalars (one entry for a launch without members). A member's segment
+// takes the momentum-free loop when its momentum is 0 (s.has_momentum false): its buffer is left alone.
+template <typename scalar_t, bool kWriteGrad>
+void sgdw_cpu_group(at::TensorList params, at::TensorList grads, at::TensorList bufs, bool has_momentum,
+                    const std::vector<SgdwScalars<at::opmath_type<scalar_t>>>& member_scalars) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const size_t n = params.size();
-  std::vector<scalar_t*> p_ptr(n);
-  std::vector<scalar_t*> g_ptr(n);
-  std::vector<opmath_t*> b_ptr(n, nullptr);
-  std::vector<int64_t> begin(n + 1, 0);  // prefix sums of numel: tensor t owns [begin[t], begin[t+1])
-  for (size_t t = 0; t < n; ++t) {
-    p_ptr[t] = params[t].data_ptr<scalar_t>();
-    g_ptr[t] = grads[t].data_ptr<scalar_t>();
-    if constexpr (kHasMomentum) {
-      b_ptr[t] = bufs[t].data_ptr<opmath_t>();
+  const int64_t members = static_cast<int64_t>(member_scalars.size());
+  std::vector<Segment<scalar_t>> segments;
+  segments.reserve(params.size() * members);
+  std::vector<int64_t> begin(1, 0);  // prefix sums of numel: segment i owns [begin[i], begin[i+1])
+  begin.reserve(params.size() * members + 1);
+  for (size_t t = 0; t < params.size(); ++t) {
+    const int64_t member_numel = params[t].numel() / members;
+    scalar_t* p = params[t].data_ptr<scalar_t>();
+    scalar_t* g = grads[t].data_ptr<scalar_t>();
+    opmath_t* b = has_momentum ? bufs[t].data_ptr<opmath_t>() : nullptr;
+    for (int64_t k = 0; k < members; ++k) {
+      const int64_t offset = k * member_numel;
+      segments.push_back({p + offset, g + offset, b == nullptr ? nullptr : b + offset, static_cast<int32_t>(k)});
+      begin.push_back(begin.back() + member_numel);
     }
-    begin[t + 1] = begin[t] + params[t].numel();
   }
+  const size_t n = segments.size();
   at::parallel_for(0, begin[n], kGrainSize, [&](int64_t lo, int64_t hi) {
-    // First tensor that owns element `lo` (zero-numel tensors own nothing and are skipped).
-    size_t t = std::upper_bound(begin.begin(), begin.end(), lo) - begin.begin() - 1;
-    for (; t < n && begin[t] < hi; ++t) {
-      const int64_t first = std::max(lo, begin[t]) - begin[t];
-      const int64_t last = std::min(hi, begin[t + 1]) - begin[t];
-      sgdw_cpu_range<scalar_t, kHasMomentum, kWriteGrad>(p_ptr[t], g_ptr[t], b_ptr[t], first, last, s);
+    // First segment that owns element `lo` (empty segments own nothing and are skipped).
+    size_t i = std::upper_bound(begin.begin(), begin.end(), lo) - begin.begin() - 1;
+    for (; i < n && begin[i] < hi; ++i) {
+      const Segment<scalar_t>& seg = segments[i];
+      const int64_t first = std::max(lo, begin[i]) - begin[i];
+      const int64_t last = std::min(hi, begin[i + 1]) - begin[i];
+      const SgdwScalars<opmath_t>& s = member_scalars[seg.member];
+      if (s.has_momentum) {
+        sgdw_cpu_range<scalar_t, true, kWriteGrad>(seg.p, seg.g, seg.b, first, last, s);
+      } else {
+        sgdw_cpu_range<scalar_t, false, kWriteGrad>(seg.p, seg.g, nullptr, first, last, s);
+      }
     }
   });
 }
@@ -197,7 +219,7 @@ void sgdw_cpu(at::TensorList params, at::TensorList grads, at::TensorList bufs, 
               double dampening, double weight_decay, bool nesterov, bool maximize, bool decoupled_weight_decay,
               bool first_step, const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& hyper,
               const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
-  const bool has_momentum = check_sgdw_inputs(params, grads, bufs, momentum, lr_tensor, hyper, grad_scale, found_inf,
+  const SgdwLaunch launch = check_sgdw_inputs(params, grads, bufs, momentum, lr_tensor, hyper, grad_scale, found_inf,
                                               c10::DeviceType::CPU);
   if (params.empty()) {
     return;
@@ -208,16 +230,18 @@ void sgdw_cpu(at::TensorList params, at::TensorList grads, at::TensorList bufs, 
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fasttrick_sgdw_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    auto s = make_sgdw_scalars<opmath_t>(lr, momentum, dampening, weight_decay, has_momentum, nesterov, maximize,
-                                         decoupled_weight_decay, first_step, grad_scale.has_value());
-    read_tensor_scalars(s, tensor_scalars(lr_tensor, hyper, grad_scale));  // host pointers: CPU tensors
-    // Momentum and the AMP grad write-back change what is loaded and stored: compile them in.
-    if (has_momentum) {
-      s.has_grad_scale ? sgdw_cpu_group<scalar_t, true, true>(params, grads, bufs, s)
-                       : sgdw_cpu_group<scalar_t, true, false>(params, grads, bufs, s);
+    const auto s = make_sgdw_scalars<opmath_t>(lr, momentum, dampening, weight_decay, launch.has_momentum, nesterov,
+                                               maximize, decoupled_weight_decay, first_step, grad_scale.has_value());
+    const SgdwTensorScalars tensors = tensor_scalars(lr_tensor, hyper, grad_scale);  // host pointers: CPU tensors
+    std::vector<SgdwScalars<opmath_t>> member_scalars(launch.members, s);
+    for (int64_t k = 0; k < launch.members; ++k) {
+      read_tensor_scalars(member_scalars[k], tensors, k);
+    }
+    // The AMP grad write-back changes what is stored: compile it in (momentum is chosen per member).
+    if (s.has_grad_scale) {
+      sgdw_cpu_group<scalar_t, true>(params, grads, bufs, launch.has_momentum, member_scalars);
     } else {
-      s.has_grad_scale ? sgdw_cpu_group<scalar_t, false, true>(params, grads, bufs, s)
-                       : sgdw_cpu_group<scalar_t, false, false>(params, grads, bufs, s);
+      sgdw_cpu_group<scalar_t, false>(params, grads, bufs, launch.has_momentum, member_scalars);
     }
   });
 }

@@ -19,7 +19,7 @@
 namespace fasttrick {
 namespace {
 
-// __grid_constant__: the 18.5 KB of arguments stay in the constant bank; threads index into them without
+// __grid_constant__: the 24.5 KB of arguments stay in the constant bank; threads index into them without
 // a per-thread copy.
 template <typename scalar_t, typename opmath_t, bool kHasMomentum, bool kAligned>
 __global__ void __launch_bounds__(kBlockSize)
@@ -36,13 +36,13 @@ int64_t multiprocessor_count(int device) {
 }
 
 template <typename scalar_t, bool kHasMomentum>
-void launch_group(at::TensorList params, at::TensorList grads, at::TensorList bufs,
+void launch_group(at::TensorList params, at::TensorList grads, at::TensorList bufs, int64_t members,
                   const SgdwScalars<at::opmath_type<scalar_t>>& s, const DeviceScalars& dev) {
   using opmath_t = at::opmath_type<scalar_t>;
   const auto tensors = tensor_refs<scalar_t, opmath_t, kHasMomentum>(params, grads, bufs);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   plan_launches<scalar_t, opmath_t, kHasMomentum>(
-      tensors.data(), static_cast<int64_t>(tensors.size()), multiprocessor_count(params[0].get_device()),
+      tensors.data(), static_cast<int64_t>(tensors.size()), members, multiprocessor_count(params[0].get_device()),
       kCudaLaunchLimits, [&](const LaunchArgs<scalar_t, opmath_t>& args, int32_t num_blocks, bool aligned) {
         if (aligned) {
           sgdw_multi_tensor_kernel<scalar_t, opmath_t, kHasMomentum, true>
@@ -59,22 +59,22 @@ void sgdw_cuda(at::TensorList params, at::TensorList grads, at::TensorList bufs,
                double dampening, double weight_decay, bool nesterov, bool maximize, bool decoupled_weight_decay,
                bool first_step, const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& hyper,
                const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
-  const bool has_momentum = check_sgdw_inputs(params, grads, bufs, momentum, lr_tensor, hyper, grad_scale, found_inf,
+  const SgdwLaunch launch = check_sgdw_inputs(params, grads, bufs, momentum, lr_tensor, hyper, grad_scale, found_inf,
                                               c10::DeviceType::CUDA);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard device_guard(params[0].device());
-  // Tensor lr / hyper / grad_scale / found_inf are read inside the kernel, floats are launch arguments:
-  // no host sync.
+  // Tensor lr / hyper (a member's row) / grad_scale / found_inf are read inside the kernel, floats are
+  // launch arguments: no host sync.
   const DeviceScalars dev{tensor_scalars(lr_tensor, hyper, grad_scale),
                           found_inf.has_value() ? found_inf->data_ptr<float>() : nullptr};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fasttrick_sgdw_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    const auto s = make_sgdw_scalars<opmath_t>(lr, momentum, dampening, weight_decay, has_momentum, nesterov, maximize,
-                                               decoupled_weight_decay, first_step, grad_scale.has_value());
-    if (has_momentum) {
-      launch_group<scalar_t, true>(params, grads, bufs, s, dev);
+    const auto s = make_sgdw_scalars<opmath_t>(lr, momentum, dampening, weight_decay, launch.has_momentum, nesterov,
+                                               maximize, decoupled_weight_decay, first_step, grad_scale.has_value());
+    if (launch.has_momentum) {
+      launch_group<scalar_t, true>(params, grads, bufs, launch.members, s, dev);
     } else {
-      launch_group<scalar_t, false>(params, grads, bufs, s, dev);
+      launch_group<scalar_t, false>(params, grads, bufs, launch.members, s, dev);
     }
   });
 }

@@ -11,6 +11,11 @@
 //   4. b = g on the tensor's first step, else b = momentum * b + (1 - dampening) * g
 //   5. u = g + momentum * b (nesterov) else b
 //   6. p = p - lr * u
+//
+// Members: a launch may split each tensor's dim 0 into K equal blocks ("members", e.g. K models trained
+// as one stacked tensor), each with its own row of the fp64 table `hyper` [K, 4] (lr, momentum,
+// dampening, weight_decay). A member whose momentum is 0 takes torch.optim.SGD's momentum-0 update
+// (u = g) and neither reads nor writes its part of the buffer.
 #pragma once
 
 #if defined(__CUDACC__)
@@ -66,19 +71,27 @@ inline SgdwScalars<opmath_t> make_sgdw_scalars(double lr, double momentum, doubl
 struct SgdwTensorScalars {
   const void* lr = nullptr;  // the caller's lr tensor: float or double (lr_is_double)
   bool lr_is_double = false;
-  const double* hyper = nullptr;  // [lr, momentum, dampening, weight_decay] (compiled steps)
+  // Rows of [lr, momentum, dampening, weight_decay]: one row (compiled steps), or one per member.
+  const double* hyper = nullptr;
+  bool per_member = false;  // hyper has a row per member: a member with momentum 0 leaves its buffer alone
   const float* grad_scale = nullptr;
 };
 
-// Replaces the float arguments in `s` by the tensors given: hyper first, then lr_tensor over its lr,
-// as ops/library.py documents. 1 - dampening is taken in double, as from the float argument.
+// Replaces the float arguments in `s` by the tensors given: `member`'s row of hyper first, then lr_tensor
+// over its lr, as ops/library.py documents. Each double is cast to opmath_t as a float argument is, and
+// 1 - dampening is taken in double, so a member's scalars are exactly those of a launch of its own.
 template <typename opmath_t>
-FASTTRICK_HOST_DEVICE void read_tensor_scalars(SgdwScalars<opmath_t>& s, const SgdwTensorScalars& t) {
+FASTTRICK_HOST_DEVICE void read_tensor_scalars(SgdwScalars<opmath_t>& s, const SgdwTensorScalars& t,
+                                               int64_t member = 0) {
   if (t.hyper != nullptr) {
-    s.lr = static_cast<opmath_t>(t.hyper[0]);
-    s.momentum = static_cast<opmath_t>(t.hyper[1]);
-    s.one_minus_dampening = static_cast<opmath_t>(1.0 - t.hyper[2]);
-    s.weight_decay = static_cast<opmath_t>(t.hyper[3]);
+    const double* row = t.hyper + 4 * member;
+    s.lr = static_cast<opmath_t>(row[0]);
+    s.momentum = static_cast<opmath_t>(row[1]);
+    s.one_minus_dampening = static_cast<opmath_t>(1.0 - row[2]);
+    s.weight_decay = static_cast<opmath_t>(row[3]);
+    if (t.per_member) {
+      s.has_momentum = s.has_momentum && row[1] != 0.0;
+    }
   }
   if (t.lr != nullptr) {
     s.lr = t.lr_is_double ? static_cast<opmath_t>(*static_cast<const double*>(t.lr))

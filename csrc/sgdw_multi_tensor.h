@@ -7,9 +7,12 @@
 //
 // Layout: the group's tensors are cut into chunks of `chunk_size` elements; block b owns chunk b and
 // finds its tensor by a binary search over the chunk prefix sums held in the kernel arguments (no
-// device-side table, so nothing is allocated or copied per step). Up to kMaxTensors tensors travel in
-// one launch (CUDA >= 12.1 allows 32 KB of kernel arguments; 512 tensors use 18.5 KB), which covers
-// ResNet-18 (62 tensors) and most models in a single launch; longer lists take more launches.
+// device-side table, so nothing is allocated or copied per step). With members (each tensor's dim 0
+// split into K blocks, each with its own row of hyper-parameters), chunks are cut at member boundaries,
+// so a block serves one member: it finds the member from its chunk index and reads that member's row.
+// Up to kMaxTensors tensors travel in one launch (CUDA >= 12.1 allows 32 KB of kernel arguments; 512
+// tensors use 24.5 KB), which covers ResNet-18 (62 tensors, stacked members or not) and most models in
+// a single launch; longer lists take more launches.
 //
 // Each thread moves kILP = 4 elements per iteration: 16 B vector loads for fp32 (8 B for fp16/bf16)
 // when every tensor of the launch is aligned, scalar loads otherwise. lr, grad_scale and found_inf
@@ -45,13 +48,15 @@ struct LaunchLimits {
 // and the int32 chunk offsets.
 constexpr LaunchLimits kCudaLaunchLimits{kBlockSize * kILP, 65536, 8, int64_t{1} << 30};
 
+// 24.5 KB with kMaxTensors = 512 (CUDA >= 12.1 takes up to 32 KB of kernel arguments).
 template <typename scalar_t, typename opmath_t>
 struct LaunchArgs {
   scalar_t* params[kMaxTensors];
   scalar_t* grads[kMaxTensors];
   opmath_t* bufs[kMaxTensors];
-  int64_t numel[kMaxTensors];
-  int32_t chunk_begin[kMaxTensors + 1];  // tensor t owns chunks [chunk_begin[t], chunk_begin[t+1])
+  int64_t member_numel[kMaxTensors];     // elements per member: the tensor's numel without members
+  int32_t first_chunk[kMaxTensors];      // the tensor's own chunk this launch starts at (0 unless continued)
+  int32_t chunk_begin[kMaxTensors + 1];  // tensor t owns this launch's chunks [chunk_begin[t], chunk_begin[t+1])
   int32_t num_tensors;
   int64_t chunk_size;
 };
@@ -104,11 +109,9 @@ template <typename scalar_t, typename opmath_t, bool kHasMomentum, bool kAligned
 FASTTRICK_HOST_DEVICE void sgdw_multi_tensor_thread(const LaunchArgs<scalar_t, opmath_t>& args,
                                                     SgdwScalars<opmath_t> s, const DeviceScalars& dev, int32_t block,
                                                     int32_t thread) {
-  // The device-resident hyper-parameters, read here and nowhere else.
   if (dev.found_inf != nullptr && *dev.found_inf != 0.0f) {
     return;
   }
-  read_tensor_scalars(s, dev.tensors);
   // Tensor owning this block's chunk: last t with chunk_begin[t] <= block.
   int lo = 0;
   int hi = args.num_tensors - 1;
@@ -121,9 +124,17 @@ FASTTRICK_HOST_DEVICE void sgdw_multi_tensor_thread(const LaunchArgs<scalar_t, o
     }
   }
   const int t = lo;
-  const int64_t start = static_cast<int64_t>(block - args.chunk_begin[t]) * args.chunk_size;
-  const int64_t chunk_end = start + args.chunk_size;
-  const int64_t end = chunk_end < args.numel[t] ? chunk_end : args.numel[t];
+  // The chunk within its tensor, and so its member: each member's elements start a new chunk.
+  const int64_t chunk = args.first_chunk[t] + (block - args.chunk_begin[t]);
+  const int64_t member_numel = args.member_numel[t];
+  const int64_t chunks_per_member = (member_numel + args.chunk_size - 1) / args.chunk_size;
+  const int64_t member = chunk / chunks_per_member;
+  const int64_t member_end = (member + 1) * member_numel;
+  const int64_t start = member * member_numel + (chunk - member * chunks_per_member) * args.chunk_size;
+  const int64_t end = start + args.chunk_size < member_end ? start + args.chunk_size : member_end;
+  // The device-resident hyper-parameters (this member's row), read here and nowhere else.
+  read_tensor_scalars(s, dev.tensors, member);
+  const bool use_buffer = kHasMomentum && s.has_momentum;  // false for a member with momentum 0
   scalar_t* __restrict__ p = args.params[t];
   scalar_t* __restrict__ g = args.grads[t];
   opmath_t* __restrict__ b = kHasMomentum ? args.bufs[t] : nullptr;
@@ -140,7 +151,7 @@ FASTTRICK_HOST_DEVICE void sgdw_multi_tensor_thread(const LaunchArgs<scalar_t, o
         rp[k] = static_cast<opmath_t>(vp.val[k]);
         rg[k] = static_cast<opmath_t>(vg.val[k]);
       }
-      if (kHasMomentum && !s.first_step) {
+      if (use_buffer && !s.first_step) {
         const Vec<opmath_t> vb = load_vec(b + i0);
 #pragma unroll
         for (int k = 0; k < kILP; ++k) rb[k] = vb.val[k];
@@ -151,7 +162,7 @@ FASTTRICK_HOST_DEVICE void sgdw_multi_tensor_thread(const LaunchArgs<scalar_t, o
         const int64_t i = i0 + k;
         rp[k] = i < end ? static_cast<opmath_t>(p[i]) : opmath_t(0);
         rg[k] = i < end ? static_cast<opmath_t>(g[i]) : opmath_t(0);
-        rb[k] = (kHasMomentum && !s.first_step && i < end) ? b[i] : opmath_t(0);
+        rb[k] = (use_buffer && !s.first_step && i < end) ? b[i] : opmath_t(0);
       }
     }
 #pragma unroll
@@ -168,7 +179,7 @@ FASTTRICK_HOST_DEVICE void sgdw_multi_tensor_thread(const LaunchArgs<scalar_t, o
         vb.val[k] = rb[k];
       }
       store_vec(p + i0, vp);
-      if (kHasMomentum) store_vec(b + i0, vb);
+      if (use_buffer) store_vec(b + i0, vb);
       if (write_grad) store_vec(g + i0, vg);
     } else {
 #pragma unroll
@@ -176,7 +187,7 @@ FASTTRICK_HOST_DEVICE void sgdw_multi_tensor_thread(const LaunchArgs<scalar_t, o
         const int64_t i = i0 + k;
         if (i < end) {
           p[i] = static_cast<scalar_t>(rp[k]);
-          if (kHasMomentum) b[i] = rb[k];
+          if (use_buffer) b[i] = rb[k];
           if (write_grad) g[i] = static_cast<scalar_t>(rg[k]);
         }
       }
@@ -215,13 +226,14 @@ inline int64_t plan_chunk_size(int64_t total_numel, int64_t sm_count, const Laun
   return std::clamp(chunk, limits.chunk_granule, limits.max_chunk);
 }
 
-// Cuts `tensors` into launches and calls launch(args, num_blocks, aligned) for each: a launch ends at
-// kMaxTensors tensors or limits.max_chunks_per_launch chunks (a tensor that does not fit continues, from a
-// chunk boundary, in the next launch); empty tensors own no chunk (the bug class of pytorch#100701). A
-// launch takes the vector path only if every pointer in it is vector-aligned.
+// Cuts `tensors` into launches and calls launch(args, num_blocks, aligned) for each. Each tensor's dim 0 is
+// `members` equal blocks (1: the whole tensor), each cut into its own chunks. A launch ends at kMaxTensors
+// tensors or limits.max_chunks_per_launch chunks (a tensor that does not fit continues, from a chunk
+// boundary, in the next launch); empty tensors own no chunk (the bug class of pytorch#100701). A launch
+// takes the vector path only if every chunk in it starts vector-aligned.
 template <typename scalar_t, typename opmath_t, bool kHasMomentum, typename Launch>
-void plan_launches(const TensorRef<scalar_t, opmath_t>* tensors, int64_t num_tensors, int64_t sm_count,
-                   const LaunchLimits& limits, Launch&& launch) {
+void plan_launches(const TensorRef<scalar_t, opmath_t>* tensors, int64_t num_tensors, int64_t members,
+                   int64_t sm_count, const LaunchLimits& limits, Launch&& launch) {
   if (limits.chunk_granule <= 0 || limits.chunk_granule % kILP != 0 || limits.max_chunk % limits.chunk_granule != 0 ||
       limits.blocks_per_sm <= 0 || limits.max_chunks_per_launch <= 0 ||
       limits.max_chunks_per_launch > (int64_t{1} << 30)) {
@@ -229,6 +241,7 @@ void plan_launches(const TensorRef<scalar_t, opmath_t>* tensors, int64_t num_ten
                                 std::to_string(kILP) +
                                 ", max_chunk a multiple of it, max_chunks_per_launch in [1, 2^30])");
   }
+  if (members < 1) throw std::invalid_argument("fasttrick: members must be at least 1");
   int64_t total = 0;
   for (int64_t t = 0; t < num_tensors; ++t) total += tensors[t].numel;
   if (total == 0) return;
@@ -250,21 +263,26 @@ void plan_launches(const TensorRef<scalar_t, opmath_t>* tensors, int64_t num_ten
   };
   for (int64_t t = 0; t < num_tensors; ++t) {
     const TensorRef<scalar_t, opmath_t>& ref = tensors[t];
-    // `done` stays a multiple of chunk_size, so a continued tensor keeps its alignment.
-    for (int64_t done = 0; done < ref.numel;) {
+    if (ref.numel == 0) continue;
+    const int64_t member_numel = ref.numel / members;
+    const int64_t tensor_chunks = members * ((member_numel + chunk_size - 1) / chunk_size);
+    // Chunks start at multiples of chunk_size within a member (a multiple of kILP), so every chunk of the
+    // tensor starts aligned when the tensor does and each member's block is a whole number of vectors.
+    const bool tensor_aligned = is_vec_aligned(ref.param) && is_vec_aligned(ref.grad) &&
+                                (!kHasMomentum || is_vec_aligned(ref.buf)) &&
+                                (members == 1 || member_numel % kILP == 0);
+    for (int64_t done = 0; done < tensor_chunks;) {
       if (n == kMaxTensors || chunks == limits.max_chunks_per_launch) flush();
-      const int64_t left_chunks = (ref.numel - done + chunk_size - 1) / chunk_size;
-      const int64_t piece_chunks = std::min(left_chunks, limits.max_chunks_per_launch - chunks);
-      const int64_t piece_numel = std::min(ref.numel - done, piece_chunks * chunk_size);
-      args.params[n] = ref.param + done;
-      args.grads[n] = ref.grad + done;
-      args.bufs[n] = kHasMomentum ? ref.buf + done : nullptr;
-      args.numel[n] = piece_numel;
+      const int64_t piece_chunks = std::min(tensor_chunks - done, limits.max_chunks_per_launch - chunks);
+      args.params[n] = ref.param;
+      args.grads[n] = ref.grad;
+      args.bufs[n] = kHasMomentum ? ref.buf : nullptr;
+      args.member_numel[n] = member_numel;
+      args.first_chunk[n] = static_cast<int32_t>(done);
       args.chunk_begin[n] = static_cast<int32_t>(chunks);
-      aligned = aligned && is_vec_aligned(args.params[n]) && is_vec_aligned(args.grads[n]) &&
-                (!kHasMomentum || is_vec_aligned(args.bufs[n]));
+      aligned = aligned && tensor_aligned;
       chunks += piece_chunks;
-      done += piece_numel;
+      done += piece_chunks;
       ++n;
     }
   }

@@ -260,3 +260,88 @@ def test_aligned_fp32_kernels_use_16_byte_vector_accesses():
     for (has_momentum, aligned), body in kernels.items():
         vector = "LDG.E.128" in body and "STG.E.128" in body
         assert vector == aligned, f"momentum={has_momentum} aligned={aligned}: 16-byte accesses {vector}"
+
+
+# ---- members: each tensor's dim 0 split into K blocks, each with its own row of hyper-parameters ----
+
+MEMBERS = 3
+# Members of 5 elements (not a whole number of 4-element vectors: the launch takes the scalar path), of 8
+# (vectors), of 13 (two 12-element chunks), and an empty tensor.
+MEMBER_SHAPES = [(15,), (6, 4), (3, 13), (0, 2)]
+MEMBER_ROWS = [  # lr, momentum, dampening, weight_decay: momentum 0, dampening and weight decay 0 among them
+    [0.1, 0.9, 0.0, 0.0],
+    [0.05, 0.0, 0.1, 1e-2],
+    [0.2, 0.5, 0.3, 5e-4],
+]
+
+
+def _emulate_members_and_separately(emulate, shapes, dtype, limits, steps=3, **flags):
+    """Runs `steps` steps of the member launch and of one launch per member (its slices, its floats); returns
+    (member-launch tensors, per-member tensors, the member launch's plans). Member 1's buffer holds NaN:
+    with momentum 0 its update must not read it."""
+    flags = {**dict(nesterov=False, maximize=False, decoupled_weight_decay=False), **flags}
+    gen = torch.Generator().manual_seed(0)
+    opmath = momentum_dtype(dtype)
+    params = [_tensor(s, dtype, gen) for s in shapes]
+    bufs = [torch.zeros(s, dtype=opmath) for s in shapes]
+    for b in bufs:
+        b.unflatten(0, (MEMBERS, -1))[1] = math.nan
+    table = torch.tensor(MEMBER_ROWS, dtype=torch.float64)
+
+    def member(t, k):
+        return t.unflatten(0, (MEMBERS, -1))[k]
+
+    separate = [
+        ([member(p, k).clone() for p in params], [member(b, k).clone() for b in bufs] if MEMBER_ROWS[k][1] else [])
+        for k in range(MEMBERS)
+    ]
+    plans = []
+    for step in range(steps):
+        grads = [_tensor(s, dtype, gen) for s in shapes]
+        plan = emulate(params, grads, bufs, math.nan, None, None, None, math.nan, math.nan, math.nan,
+                       first_step=step == 0, sm_count=2, limits=limits, member_table=table, **flags)  # fmt: skip
+        plans.append([plan[i : i + 4] for i in range(0, len(plan), 4)])
+        for k, (ps, bs) in enumerate(separate):
+            lr, momentum, dampening, weight_decay = MEMBER_ROWS[k]
+            emulate(ps, [member(g, k).clone() for g in grads], bs, lr, None, None, None, momentum, dampening,
+                    weight_decay, first_step=step == 0, sm_count=2, limits=limits, **flags)  # fmt: skip
+    return (params, bufs), separate, plans
+
+
+def _assert_members_bit_identical(stacked, separate):
+    params, bufs = stacked
+    for k, (ps, bs) in enumerate(separate):
+        for i, p in enumerate(params):
+            got = p.unflatten(0, (MEMBERS, -1))[k]
+            assert torch.equal(got.view(-1).view(torch.uint8), ps[i].view(-1).view(torch.uint8)), (
+                f"member {k}, param {i}"
+            )
+            buf = bufs[i].unflatten(0, (MEMBERS, -1))[k]
+            if bs:
+                assert torch.equal(buf, bs[i]), f"member {k}, buffer {i}"
+            else:  # momentum 0: the buffer was neither read nor written
+                assert buf.isnan().all(), f"member {k}, buffer {i}"
+
+
+@pytest.mark.parametrize("flags", [{}, dict(maximize=True), dict(decoupled_weight_decay=True)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_members_are_separate_launches_bit_for_bit(emulate, dtype, flags):
+    stacked, separate, plans = _emulate_members_and_separately(emulate, MEMBER_SHAPES, dtype, SMALL_LIMITS, **flags)
+    _assert_members_bit_identical(stacked, separate)
+    # Chunks are cut at member boundaries: 3 x (1 + 1 + 2) chunks of at most 12; members of 5 elements are
+    # not whole vectors, so the one launch takes the scalar path.
+    assert plans == [[[3, 12, 0, 12]]] * 3
+
+
+def test_members_of_whole_vectors_take_the_vector_path(emulate):
+    stacked, separate, plans = _emulate_members_and_separately(emulate, [(6, 4), (3, 16)], torch.float32, SMALL_LIMITS)
+    _assert_members_bit_identical(stacked, separate)
+    assert plans[0] == [[2, 3 * 1 + 3 * 2, 1, 12]]
+
+
+def test_members_continue_in_the_next_launch_mid_member(emulate):
+    # At most 4 chunks per launch: the second tensor's 6 chunks (3 members x 2) go 1 + 4 + 1 into three launches,
+    # the second and third starting inside a member.
+    stacked, separate, plans = _emulate_members_and_separately(emulate, [(15,), (3, 13)], torch.float32, [4, 12, 2, 4])
+    _assert_members_bit_identical(stacked, separate)
+    assert plans[0] == [[2, 4, 0, 12], [1, 4, 0, 12], [1, 1, 0, 12]]

@@ -67,6 +67,28 @@ def test_opcheck(device, backend):
     compiled_form[11] = None
     compiled_form[12] = torch.tensor([0.1, 0.9, 0.0, 1e-4], dtype=torch.float64, device=device)
     torch.library.opcheck(op, tuple(compiled_form), test_utils=("test_schema", "test_faketensor"))
+    # Members: a [K, 4] table, every param's dim 0 split into K blocks (momentum 0 for one of them).
+    members_form = list(_op_args(device))
+    members_form[:3] = [[torch.randn(6, 5, device=device), torch.randn(9, device=device)] for _ in range(3)]
+    members_form[11] = None
+    members_form[12] = torch.tensor([[0.1, 0.9, 0.0, 0.0], [0.2, 0.0, 0.1, 1e-2], [0.3, 0.5, 0.0, 1e-4]],
+                                    dtype=torch.float64, device=device)  # fmt: skip
+    torch.library.opcheck(op, tuple(members_form), test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize(("device", "backend"), [(d, b) for d, b in DEVICE_BACKENDS if b in _OP_OF_BACKEND])
+def test_op_refuses_params_it_cannot_split_into_members(device, backend):
+    from fasttrick.ops import resolve_backend
+
+    resolve_backend(backend, device)
+    op = getattr(torch.ops.fasttrick, _OP_OF_BACKEND[backend])
+    table = torch.zeros(3, 4, dtype=torch.float64, device=device)
+    for param, why in (
+        (torch.zeros(4, 6, device=device), "divisible"),
+        (torch.zeros(4, 6, device=device).t(), "outermost"),
+    ):
+        with pytest.raises((RuntimeError, ValueError), match=why):
+            op([param], [torch.zeros_like(param)], [], 0.0, 0.0, 0.0, 0.0, False, False, False, False, None, table)
 
 
 # Schedules that change the group's floats every step: OneCycleLR and CyclicLR cycle momentum too.
@@ -181,15 +203,16 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from fasttrick.ops.triton_sgdw import BLOCK, NUM_WARPS, _sgdw_kernel
 
-runtime_args = {"pointer_table": "*i64", "numel_table": "*i64", "program_tensor": "*i32", "program_start": "*i64",
-                "n_tensors": "i32", "lr_bits": "i64", "momentum_bits": "i64", "one_minus_dampening_bits": "i64",
+runtime_args = {"pointer_table": "*i64", "member_numel_table": "*i64", "program_tensor": "*i32",
+                "program_start": "*i64", "program_member": "*i32", "n_tensors": "i32", "lr_bits": "i64", "momentum_bits": "i64", "one_minus_dampening_bits": "i64",
                 "weight_decay_bits": "i64", "lr_ptr": "*fp32", "hyper_ptr": "*fp64", "grad_scale_ptr": "*fp32",
                 "found_inf_ptr": "*fp32"}
 kinds = {}
 for aligned in (True, False):
     constexprs = dict(PARAM=tl.float32, OPMATH=tl.float32, HAS_GRAD_SCALE=False, HAS_FOUND_INF=True,
                       HAS_MOMENTUM=True, HAS_WEIGHT_DECAY=True, NESTEROV=False, MAXIMIZE=False, DECOUPLED=False,
-                      FIRST_STEP=False, LR_FROM_PTR=False, HYPER_FROM_PTR=False, ALIGNED=aligned, BLOCK=BLOCK)
+                      FIRST_STEP=False, LR_FROM_PTR=False, HYPER_FROM_PTR=False, HAS_MEMBERS=False, ALIGNED=aligned,
+                      BLOCK=BLOCK)
     signature = {**runtime_args, **{name: "constexpr" for name in constexprs}}
     names = list(signature)
     source = ASTSource(fn=_sgdw_kernel, signature=signature,

@@ -14,6 +14,11 @@ accelerator are never read on the host:
   `torch.where(skip, old, new, out=old)`, so a skipped step changes nothing, bit for bit.
 fp16/bf16 params are updated in an fp32 copy (their buffers are fp32) and rounded back once.
 
+Members (`hyper` a [K, 4] table, ops/library.py) take the reference's member update (ops/reference.py):
+a member's scalars are a [K, 1, ...] column broadcast over its block, and every `_foreach_*` op given
+broadcast operands runs tensor by tensor anyway. It is a step of its own per member, bit for bit, of the
+reference's; this backend's own float path differs from it by rounding (fused multiply-adds).
+
 Tensor passes for fp32 with momentum and L2 (tests/test_foreach.py counts the bytes): 11 (torch's foreach
 step: 11); with a device lr 13; AMP with host scalars 13 (torch: GradScaler.unscale_'s 2 + 11, and a
 sync); AMP masked on a device 21, the price of no host sync and a bit-exact skipped step.
@@ -24,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .reference import momentum_dtype
+from .reference import momentum_dtype, sgdw_reference_
 
 
 def sgdw_foreach_(
@@ -46,6 +51,10 @@ def sgdw_foreach_(
 ) -> None:
     """The op schema's signature (ops/library.py); momentum is on when `momentum_buffers` is not empty."""
     if not params:
+        return
+    if hyper is not None and hyper.dim() == 2:  # a member table
+        sgdw_reference_(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize,
+                        decoupled_weight_decay, first_step, lr_tensor, hyper, grad_scale, found_inf)  # fmt: skip
         return
     if hyper is not None:  # the schema's compiled form; the optimizer calls this backend with plain floats
         lr, momentum, dampening, weight_decay = hyper.tolist()

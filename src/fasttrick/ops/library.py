@@ -15,6 +15,13 @@ Hyper-parameters come two ways, because eager and compiled steps need different 
 `lr_tensor`, the caller's own one-element float32/float64 lr tensor, replaces the lr of either.
 Momentum is on exactly when `momentum_buffers` is not empty (one buffer per param); the kernels check
 that this agrees with the float `momentum` when no `hyper` is given.
+
+Members: `hyper` may also be a float64 [K, 4] table, one row (lr, momentum, dampening, weight_decay) per
+member. Each param's dim 0 is then K equal blocks, member k's being `p.unflatten(0, (K, -1))[k]` (and
+the same of its grad and buffer), updated with row k: the result is a launch of its own per member, bit
+for bit. A member whose momentum is 0 takes torch.optim.SGD's momentum-0 update and leaves its part of
+the buffer as it was. The kernels take params whose member blocks are runs of consecutive elements
+(`members_are_blocks`).
 """
 
 from __future__ import annotations
@@ -68,41 +75,49 @@ def kernel_can_walk(param: Tensor, grad: Tensor, buf: Tensor | None = None) -> b
     # The common cases first, in a few C calls: per tensor per step this is Python's whole cost.
     if param.is_contiguous() and grad.is_contiguous() and (buf is None or buf.is_contiguous()):
         return grad.shape == param.shape and (buf is None or buf.shape == param.shape)
-    strides = param.stride()
+    # The grad and buffer are asked with is_contiguous(), not by their strides: under torch.compile a grad's
+    # strides are symbolic, and Dynamo (torch 2.14) fails on reading them.
+    channels_last = torch.channels_last
     if (
-        param.is_contiguous(memory_format=torch.channels_last)
-        and grad.stride() == strides
-        and (buf is None or buf.stride() == strides)
+        param.is_contiguous(memory_format=channels_last)
+        and grad.is_contiguous(memory_format=channels_last)
+        and (buf is None or buf.is_contiguous(memory_format=channels_last))
     ):
         return grad.shape == param.shape and (buf is None or buf.shape == param.shape)
-    expected = 1  # a dense layout: the strides, sorted, are the running products of the sizes
-    for stride, size in sorted((st, n) for st, n in zip(param.stride(), param.shape, strict=True) if n != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return all(
-        t.shape == param.shape
-        and all(a == b for a, b, n in zip(t.stride(), param.stride(), param.shape, strict=True) if n != 1)
-        for t in (grad, buf)
-        if t is not None
-    )
+    # Dense in some dimension order: contiguous once permuted outermost (largest stride) first.
+    strides = param.stride()
+    order = sorted(range(param.dim()), key=lambda d: strides[d], reverse=True)
+    return all(t.shape == param.shape and t.permute(order).is_contiguous() for t in (param, grad, buf) if t is not None)
+
+
+def members_are_blocks(param: Tensor, members: int) -> bool:
+    """Whether each member's part of `param` (dim 0 split into `members` blocks) is a run of consecutive
+    elements, as the kernels walk it: dim 0 outermost in memory (contiguous, channels-last). With one
+    member, any tensor. The same rule as `members_are_blocks` in csrc/sgdw_checks.h."""
+    if members == 1 or param.numel() == 0:
+        return True
+    return param.dim() >= 1 and param.shape[0] % members == 0 and param.shape[0] * param.stride(0) == param.numel()
 
 
 def op_backend(op: Callable[..., None], eager: Callable[..., None] | None = None) -> Callable[..., None]:
     """The backend function (ops/dispatch.py) of a custom op: eager calls pass the float hyper-parameters
     as launch arguments (to `eager`, a direct Python impl that skips the dispatcher, if given); a call
     being compiled packs them into the `hyper` tensor, so new values (a momentum cycled by OneCycleLR)
-    do not recompile: Dynamo traces the group's floats as graph inputs, as for torch.optim.SGD."""
+    do not recompile: Dynamo traces the group's floats as graph inputs, as for torch.optim.SGD. A call
+    that brings its own `hyper` (a member table) passes it as it is."""
 
     def call(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, *flags, **tensors) -> None:
         if not torch.compiler.is_compiling():
             (eager or op)(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, *flags, **tensors)
+            return
+        if tensors.get("hyper") is not None:
+            op(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, *flags, **tensors)
             return
         device = params[0].device if params else torch.device("cpu")
         # Arithmetic on a tensor keeps a dynamic float symbolic; torch.tensor([...]) or torch.full would
         # specialise it (measured: 6 graphs for 6 momentum values, against 2 this way).
         one = torch.ones((), dtype=torch.float64, device=device)
         hyper = torch.stack([one * lr, one * momentum, one * dampening, one * weight_decay])
-        op(params, grads, momentum_buffers, 0.0, 0.0, 0.0, 0.0, *flags, **tensors, hyper=hyper)
+        op(params, grads, momentum_buffers, 0.0, 0.0, 0.0, 0.0, *flags, **{**tensors, "hyper": hyper})
 
     return call

@@ -11,6 +11,13 @@ in the arithmetic dtype (fp32 for fp32/fp16/bf16 params, fp64 for fp64). Per ele
   5. u = g + momentum * b (nesterov) else b
   6. p = p - lr * u
 A step with found_inf != 0 changes nothing; it is applied with torch.where, so there is no host sync.
+
+Members (`hyper` a [K, 4] table, see ops/library.py): each tensor is viewed as [K, ...] along dim 0 and
+every member's row is broadcast over its block, all members in the same ops. Each op is the float
+path's with a tensor in place of the float (`addcmul(d, p, wd)` for `d.add(p, alpha=wd)`), so a member
+gets exactly the result of a step of its own; `torch.where` keeps a member with weight decay 0 or
+momentum 0 on torch's path for that value (no `0 * p`, no buffer). No host sync, nothing to recompile
+when the table changes.
 """
 
 from __future__ import annotations
@@ -41,6 +48,12 @@ def sgdw_reference_(
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
+    if hyper is not None and hyper.dim() == 2:
+        _sgdw_members_(
+            params, grads, momentum_buffers, hyper, nesterov, maximize, decoupled_weight_decay, first_step,
+            lr_tensor, grad_scale, found_inf,
+        )  # fmt: skip
+        return
     if hyper is not None:  # the op schema's compiled form (ops/library.py): plain Python tracing needs none
         lr, momentum, dampening, weight_decay = hyper.tolist()
     # len(), not bool(list): torch 2.11's Dynamo cannot trace bool() of a list; it breaks the graph there,
@@ -67,16 +80,81 @@ def sgdw_reference_(
             d = d.add(b, alpha=momentum) if nesterov else b
         p = p - lr_ * d
 
-        skip = None if found_inf is None else found_inf.to(param.device) != 0
-        _store(param, p, skip)
-        if b is not None:
-            _store(momentum_buffers[i], b, skip)
+        _store_step(param, grad, momentum_buffers[i] if b is not None else None, p, g, b, grad_scale, found_inf)
+
+
+def _sgdw_members_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    table: Tensor,
+    nesterov: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+    first_step: bool,
+    lr_tensor: Tensor | None,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> None:
+    """The update with one row of `table` (float64 [K, 4]: lr, momentum, dampening, weight_decay) per member."""
+    if not params:
+        return
+    members = table.shape[0]
+    has_momentum = len(momentum_buffers) > 0
+    lr, momentum, dampening, weight_decay = table.to(params[0].device).unbind(1)
+    for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+        opmath = momentum_dtype(param.dtype)
+        shape = (members,) + (1,) * param.dim()  # a member's value broadcast over its block of the [K, ...] view
+
+        def column(values: Tensor, shape: tuple[int, ...] = shape, opmath: torch.dtype = opmath) -> Tensor:
+            return values.to(opmath).view(shape)  # each double cast to opmath, as a float argument is
+
+        lr_ = lr_tensor.to(opmath).reshape(()) if lr_tensor is not None else column(lr)
+        p = param.to(opmath).unflatten(0, (members, -1))
+        g = (grad.to_dense() if grad.is_sparse else grad).to(opmath).unflatten(0, (members, -1))
         if grad_scale is not None:
-            if grad.is_sparse:  # the unscaled values go back into the sparse grad itself
-                values = grad._values()
-                _store(values, values.to(opmath) / grad_scale.to(opmath), skip)
-            else:
-                _store(grad, g, skip)
+            g = g / grad_scale.to(opmath)
+        d = -g if maximize else g
+        if decoupled_weight_decay:
+            # 1 - lr * wd in double, as the float path's Python arithmetic (with an lr tensor: in opmath, as there).
+            p = p * (1 - lr_ * column(weight_decay) if lr_tensor is not None else column(1 - lr * weight_decay))
+        else:
+            d = torch.where((weight_decay != 0).view(shape), torch.addcmul(d, p, column(weight_decay)), d)
+        b = None
+        if has_momentum:
+            kept = momentum_buffers[i].unflatten(0, (members, -1))
+            m = column(momentum)
+            b = d if first_step else kept * m + d * column(1 - dampening)
+            on = (momentum != 0).view(shape)  # momentum 0: torch's momentum-free update, the buffer left alone
+            d = torch.where(on, torch.addcmul(d, b, m) if nesterov else b, d)
+            b = torch.where(on, b, kept).flatten(0, 1)
+        p = p - lr_ * d
+        buf = momentum_buffers[i] if has_momentum else None
+        _store_step(param, grad, buf, p.flatten(0, 1), g.flatten(0, 1), b, grad_scale, found_inf)
+
+
+def _store_step(
+    param: Tensor,
+    grad: Tensor,
+    buf: Tensor | None,
+    p: Tensor,
+    g: Tensor,
+    b: Tensor | None,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> None:
+    """Writes a tensor's step: the new param, buffer and (AMP) unscaled grad, or nothing on a skipped step."""
+    skip = None if found_inf is None else found_inf.to(param.device) != 0
+    _store(param, p, skip)
+    if buf is not None and b is not None:
+        _store(buf, b, skip)
+    if grad_scale is not None:
+        opmath = momentum_dtype(param.dtype)
+        if grad.is_sparse:  # the unscaled values go back into the sparse grad itself
+            values = grad._values()
+            _store(values, values.to(opmath) / grad_scale.to(opmath), skip)
+        else:
+            _store(grad, g, skip)
 
 
 def _store(dst: Tensor, value: Tensor, skip: Tensor | None) -> None:

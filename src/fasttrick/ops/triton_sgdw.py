@@ -5,7 +5,9 @@ Layers (Liger-style): `_sgdw_kernel` (the math) -> `sgdw_triton_` (launcher: tab
 
 One launch covers every tensor of the group: program `pid` updates BLOCK elements of tensor
 `program_tensor[pid]` starting at `program_start[pid]`, with the tensor's addresses read from an int64
-pointer table and cast with `.to(tl.pointer_type(...))`. The tables are built on the host once per
+pointer table and cast with `.to(tl.pointer_type(...))`. With members (each tensor's dim 0 split into K
+blocks, each with its own row of the hyper-parameter table), a program serves one member's block,
+`program_member[pid]`, and reads that member's row. The tables are built on the host once per
 set of tensors and cached by their addresses and sizes, so steady-state steps allocate and copy
 nothing (PyTorch's caching allocator hands `.grad` the same blocks step after step, even with
 `zero_grad(set_to_none=True)`). Under TRITON_INTERPRET=1 the same kernel runs on CPU tensors, which is
@@ -23,7 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .library import kernel_can_walk
+from .library import kernel_can_walk, members_are_blocks
 from .reference import momentum_dtype
 
 # 4096 elements per program: 16 fp32 elements per thread at 8 warps, i.e. four 16-byte loads per
@@ -46,9 +48,10 @@ _TL_DTYPE = {
 @triton.jit(do_not_specialize=["lr_bits", "momentum_bits", "one_minus_dampening_bits", "weight_decay_bits"])
 def _sgdw_kernel(
     pointer_table,  # int64 [3, n_tensors]: param, grad, buffer addresses
-    numel_table,  # int64 [n_tensors]
+    member_numel_table,  # int64 [n_tensors]: elements per member (the tensor's numel without members)
     program_tensor,  # int32 [n_programs]
-    program_start,  # int64 [n_programs]
+    program_start,  # int64 [n_programs]: the first element, counted from the tensor's start
+    program_member,  # int32 [n_programs], read when HAS_MEMBERS
     n_tensors,
     # The float hyper-parameters as the int64 bits of their doubles: Triton passes a Python float as
     # fp32, which would round an fp64 param's lr (0.1 -> 0.10000000149); bits keep the double exact.
@@ -57,7 +60,7 @@ def _sgdw_kernel(
     one_minus_dampening_bits,
     weight_decay_bits,
     lr_ptr,  # the caller's lr tensor (fp32 or fp64), read when LR_FROM_PTR
-    hyper_ptr,  # fp64 [lr, momentum, dampening, weight_decay], read when HYPER_FROM_PTR (compiled steps)
+    hyper_ptr,  # fp64 rows [lr, momentum, dampening, weight_decay]: one, or one per member; read when HYPER_FROM_PTR
     grad_scale_ptr,
     found_inf_ptr,
     PARAM: tl.constexpr,
@@ -72,6 +75,7 @@ def _sgdw_kernel(
     FIRST_STEP: tl.constexpr,
     LR_FROM_PTR: tl.constexpr,
     HYPER_FROM_PTR: tl.constexpr,
+    HAS_MEMBERS: tl.constexpr,
     ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -79,10 +83,15 @@ def _sgdw_kernel(
     t = tl.load(program_tensor + pid)
     start = tl.load(program_start + pid)
     offsets = start + tl.arange(0, BLOCK)
-    numel = tl.load(numel_table + t)
+    if HAS_MEMBERS:
+        member = tl.load(program_member + pid)
+        end = (member + 1) * tl.load(member_numel_table + t)  # this member's block ends here
+        hyper_ptr += 4 * member
+    else:
+        end = tl.load(member_numel_table + t)
     if HAS_FOUND_INF:
         # A skipped AMP step has no valid element: every load and store below is masked off.
-        numel = tl.where(tl.load(found_inf_ptr) == 0, numel, 0)
+        end = tl.where(tl.load(found_inf_ptr) == 0, end, 0)
     p_ptrs = tl.load(pointer_table + t).to(tl.pointer_type(PARAM)) + offsets
     g_ptrs = tl.load(pointer_table + n_tensors + t).to(tl.pointer_type(PARAM)) + offsets
     b_ptrs = tl.load(pointer_table + 2 * n_tensors + t).to(tl.pointer_type(OPMATH)) + offsets
@@ -105,7 +114,7 @@ def _sgdw_kernel(
         weight_decay = _from_bits(weight_decay_bits, OPMATH)
     if LR_FROM_PTR:
         lr = tl.load(lr_ptr).to(OPMATH)
-    if start + BLOCK <= numel:
+    if start + BLOCK <= end:
         _sgdw_block(
             p_ptrs,
             g_ptrs,
@@ -126,13 +135,14 @@ def _sgdw_kernel(
             DECOUPLED,
             FIRST_STEP,
             HYPER_FROM_PTR,
+            HAS_MEMBERS,
         )
-    else:  # the tensor's tail, or a skipped step
+    else:  # the tensor's (member's) tail, or a skipped step
         _sgdw_block(
             p_ptrs,
             g_ptrs,
             b_ptrs,
-            offsets < numel,
+            offsets < end,
             lr,
             momentum,
             one_minus_dampening,
@@ -148,6 +158,7 @@ def _sgdw_kernel(
             DECOUPLED,
             FIRST_STEP,
             HYPER_FROM_PTR,
+            HAS_MEMBERS,
         )
 
 
@@ -178,6 +189,7 @@ def _sgdw_block(
     DECOUPLED: tl.constexpr,
     FIRST_STEP: tl.constexpr,
     WEIGHT_DECAY_MAY_BE_ZERO: tl.constexpr,
+    MOMENTUM_MAY_BE_ZERO: tl.constexpr,
 ):
     """The update of ops/reference.py, step for step, on one block."""
     p = tl.load(p_ptrs, mask=mask).to(OPMATH)
@@ -196,25 +208,38 @@ def _sgdw_block(
         else:
             d = d + weight_decay * p
     if HAS_MOMENTUM:
-        if FIRST_STEP:
-            b = d
+        if MOMENTUM_MAY_BE_ZERO:  # a member's momentum 0: torch's momentum-free update, its buffer left alone
+            if momentum != 0:
+                d = _momentum_direction(b_ptrs, mask, d, momentum, one_minus_dampening, NESTEROV, FIRST_STEP)
         else:
-            b = momentum * tl.load(b_ptrs, mask=mask) + one_minus_dampening * d
-        tl.store(b_ptrs, b, mask=mask)
-        if NESTEROV:
-            d = d + momentum * b
-        else:
-            d = b
+            d = _momentum_direction(b_ptrs, mask, d, momentum, one_minus_dampening, NESTEROV, FIRST_STEP)
     p = p - lr * d
     tl.store(p_ptrs, p.to(PARAM), mask=mask)
+
+
+@triton.jit
+def _momentum_direction(
+    b_ptrs, mask, d, momentum, one_minus_dampening, NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr
+):
+    """Updates the block's buffer (b = d on a first step, else momentum * b + (1 - dampening) * d) and
+    returns the update direction: d + momentum * b with nesterov, else b."""
+    if FIRST_STEP:
+        b = d
+    else:
+        b = momentum * tl.load(b_ptrs, mask=mask) + one_minus_dampening * d
+    tl.store(b_ptrs, b, mask=mask)
+    if NESTEROV:
+        return d + momentum * b
+    return b
 
 
 @dataclass(frozen=True)
 class _LaunchTables:
     pointer_table: Tensor
-    numel_table: Tensor
+    member_numel_table: Tensor
     program_tensor: Tensor
     program_start: Tensor
+    program_member: Tensor
     aligned: bool
 
 
@@ -222,7 +247,7 @@ _TABLE_CACHE: OrderedDict[tuple, _LaunchTables] = OrderedDict()
 _TABLE_CACHE_SIZE = 16  # a few (device, dtype) groups x first/steady steps
 
 
-def _launch_tables(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor]) -> _LaunchTables:
+def _launch_tables(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], members: int) -> _LaunchTables:
     device = params[0].device
     # Zero-numel tensors own no program (a classic multi-tensor bug: pytorch#100701).
     live = [i for i, p in enumerate(params) if p.numel() > 0]
@@ -232,24 +257,35 @@ def _launch_tables(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor]
         [bufs[i].data_ptr() for i in live] if bufs else [0] * len(live),
     ]
     numels = [params[i].numel() for i in live]
-    key = (device, *map(tuple, pointers), tuple(numels))
+    key = (device, members, *map(tuple, pointers), tuple(numels))
     tables = _TABLE_CACHE.get(key)
     if tables is not None:
         _TABLE_CACHE.move_to_end(key)
         return tables
     for i in live:
-        _check_launchable(i, device, params[i], grads[i], bufs[i] if bufs else None)
-    numel_table = torch.tensor(numels, dtype=torch.int64)
-    programs_per_tensor = (numel_table + BLOCK - 1) // BLOCK
+        _check_launchable(i, device, params[i], grads[i], bufs[i] if bufs else None, members)
+    # Each member's block starts a program of its own: tensor t has `members` runs of programs_per_member.
+    member_numel = torch.tensor(numels, dtype=torch.int64) // members
+    programs_per_member = (member_numel + BLOCK - 1) // BLOCK
+    programs_per_tensor = programs_per_member * members
     program_tensor = torch.repeat_interleave(torch.arange(len(live), dtype=torch.int32), programs_per_tensor)
+    tensor_of_program = program_tensor.long()
     first_program = torch.cumsum(programs_per_tensor, 0) - programs_per_tensor
-    program_start = (torch.arange(len(program_tensor)) - first_program[program_tensor.long()]) * BLOCK
+    local = torch.arange(len(program_tensor)) - first_program[tensor_of_program]  # the program's index in its tensor
+    per_member = programs_per_member[tensor_of_program]
+    program_member = local // per_member
+    program_start = program_member * member_numel[tensor_of_program] + (local % per_member) * BLOCK
+    # Vector accesses need every program's start 16-byte aligned: the addresses, and each member's block size.
+    dtypes = (params[0].dtype, params[0].dtype, momentum_dtype(params[0].dtype))
+    block_bytes = [int(n) * dtype.itemsize for n in member_numel.tolist() for dtype in dtypes]
     tables = _LaunchTables(
         pointer_table=torch.tensor(pointers, dtype=torch.int64).to(device),
-        numel_table=numel_table.to(device),
+        member_numel_table=member_numel.to(device),
         program_tensor=program_tensor.to(device),
         program_start=program_start.to(device),
-        aligned=all(ptr % _VECTOR_ALIGNMENT == 0 for row in pointers for ptr in row),
+        program_member=program_member.to(device=device, dtype=torch.int32),
+        aligned=all(ptr % _VECTOR_ALIGNMENT == 0 for row in pointers for ptr in row)
+        and (members == 1 or all(size % _VECTOR_ALIGNMENT == 0 for size in block_bytes)),
     )
     _TABLE_CACHE[key] = tables
     if len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
@@ -257,10 +293,12 @@ def _launch_tables(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor]
     return tables
 
 
-def _check_launchable(index: int, device: torch.device, param: Tensor, grad: Tensor, buf: Tensor | None) -> None:
+def _check_launchable(
+    index: int, device: torch.device, param: Tensor, grad: Tensor, buf: Tensor | None, members: int
+) -> None:
     """The kernel gets raw addresses: each must be a plain tensor's own memory on the launch's device,
-    laid out the way the kernel walks it (ops/library.py: kernel_can_walk). A DTensor's data_ptr() is
-    0 and would crash the process; FusedSGDW passes its local shard instead."""
+    laid out the way the kernel walks it (ops/library.py: kernel_can_walk, members_are_blocks). A
+    DTensor's data_ptr() is 0 and would crash the process; FusedSGDW passes its local shard instead."""
     for name, t in (("param", param), ("grad", grad), ("momentum buffer", buf)):
         if t is not None and (t.device != device or t.data_ptr() == 0):
             raise ValueError(
@@ -271,6 +309,12 @@ def _check_launchable(index: int, device: torch.device, param: Tensor, grad: Ten
         raise ValueError(
             f"the triton backend needs param {index} (shape {tuple(param.shape)}, strides {param.stride()}) to be "
             f"dense, with its grad (strides {grad.stride()}) and momentum buffer laid out the same; "
+            "FusedSGDW.step routes other layouts to its per-tensor path"
+        )
+    if not members_are_blocks(param, members):
+        raise ValueError(
+            f"the triton backend cannot split param {index} (shape {tuple(param.shape)}, strides {param.stride()}) "
+            f"into {members} members: dim 0 must be divisible by {members} and outermost in memory; "
             "FusedSGDW.step routes other layouts to its per-tensor path"
         )
 
@@ -290,11 +334,15 @@ def _check_arguments(
     found_inf: Tensor | None,
 ) -> None:
     """The launch's own checks (the per-tensor layout checks are `_launch_tables`'): what the kernel reads
-    must have the dtype it reads it as, on the params' device."""
+    must have the dtype and shape it reads it as, on the params' device."""
     if param.dtype not in _TL_DTYPE:
         raise TypeError(f"the triton backend supports float32/float16/bfloat16/float64 params, got {param.dtype}")
     if hyper is None and (momentum != 0) != has_momentum:
         raise ValueError(f"momentum {momentum} with {n_buffers} buffers: momentum != 0 takes one per param")
+    if hyper is not None and not (
+        hyper.shape == (4,) or (hyper.dim() == 2 and hyper.shape[0] >= 1 and hyper.shape[1] == 4)
+    ):
+        raise ValueError(f"the triton backend needs hyper as [4] or [members, 4], got {tuple(hyper.shape)}")
     for name, t, dtypes in (
         ("lr_tensor", lr_tensor, (torch.float32, torch.float64)),
         ("hyper", hyper, (torch.float64,)),
@@ -302,11 +350,14 @@ def _check_arguments(
         ("found_inf", found_inf, (torch.float32,)),
     ):
         if t is not None and (
-            t.device != param.device or t.dtype not in dtypes or t.numel() != (4 if name == "hyper" else 1)
+            t.device != param.device
+            or t.dtype not in dtypes
+            or not t.is_contiguous()
+            or (name != "hyper" and t.numel() != 1)
         ):
             raise ValueError(
-                f"the triton backend needs {name} as a {dtypes} tensor on {param.device}, "
-                f"got {t.dtype} {tuple(t.shape)} on {t.device}"
+                f"the triton backend needs {name} as a contiguous {dtypes} tensor on {param.device}"
+                f"{'' if name == 'hyper' else ' of one element'}, got {t.dtype} {tuple(t.shape)} on {t.device}"
             )
 
 
@@ -332,7 +383,9 @@ def sgdw_triton_(
     dtype = params[0].dtype
     has_momentum = bool(momentum_buffers)
     _check_arguments(params[0], momentum, has_momentum, len(momentum_buffers), lr_tensor, hyper, grad_scale, found_inf)
-    tables = _launch_tables(params, grads, momentum_buffers)
+    per_member = hyper is not None and hyper.dim() == 2  # a member table: one row per member
+    members = hyper.shape[0] if hyper is not None and per_member else 1
+    tables = _launch_tables(params, grads, momentum_buffers, members)
     n_programs = tables.program_tensor.numel()
     if n_programs == 0:
         return
@@ -340,10 +393,11 @@ def sgdw_triton_(
     unread = tables.pointer_table  # stands in for an absent tensor argument: the constexpr flags skip it
     _sgdw_kernel[(n_programs,)](
         tables.pointer_table,
-        tables.numel_table,
+        tables.member_numel_table,
         tables.program_tensor,
         tables.program_start,
-        tables.numel_table.numel(),
+        tables.program_member,
+        tables.member_numel_table.numel(),
         _f64_bits(lr),
         _f64_bits(momentum),
         _f64_bits(1.0 - dampening),  # in double, as torch's `alpha=1 - dampening`
@@ -364,6 +418,7 @@ def sgdw_triton_(
         FIRST_STEP=first_step,
         LR_FROM_PTR=lr_tensor is not None,
         HYPER_FROM_PTR=hyper is not None,
+        HAS_MEMBERS=per_member,
         ALIGNED=tables.aligned,
         BLOCK=BLOCK,
         num_warps=NUM_WARPS,

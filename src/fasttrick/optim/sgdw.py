@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import numbers
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast, overload
 
 import torch
@@ -12,14 +13,19 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..ops import BACKENDS, momentum_dtype, resolve_backend, sgdw_reference_
-from ..ops.library import kernel_can_walk
-from .checkpoint import loaded_group, saved_group
+from ..ops.library import kernel_can_walk, members_are_blocks
+from .checkpoint import MEMBER_TABLE, loaded_group, saved_group
 
 # The kernels' buffer dtype per param dtype (ops.momentum_dtype), as a dict: looked up per tensor per step.
 _BUFFER_DTYPE = {
     dtype: momentum_dtype(dtype) for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 }
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.complex64, torch.complex128)
+
+# What each member of a group with members has of its own: the columns of its member table, in order.
+MEMBER_KEYS = ("lr", "momentum", "dampening", "weight_decay")
+# The hyper-parameters that must not be negative, with the name torch.optim.SGD's errors give them.
+_NON_NEGATIVE = {"lr": "learning rate", "momentum": "momentum value", "weight_decay": "weight_decay value"}
 
 
 class FusedSGDW(Optimizer):
@@ -57,6 +63,26 @@ class FusedSGDW(Optimizer):
         backend: ``"auto"`` (fastest available for the device; never fails), or one of
             ``"triton"``, ``"cuda"``, ``"cpu"``, ``"foreach"``, ``"reference"`` (raises
             :class:`fasttrick.BackendUnavailableError` with the cause if it cannot run).
+        members: ``K`` models held as one stacked tensor per parameter (an ensemble, a sweep): dim 0
+            of every parameter of the group is ``K`` equal blocks, member ``k``'s being
+            ``p.unflatten(0, (K, -1))[k]``, and each member has its own ``lr``, ``momentum``,
+            ``dampening`` and ``weight_decay`` (each a float for all, or ``K`` values). The result is
+            exactly ``K`` separate steps, one per member, in one launch per (device, dtype). See
+            :meth:`set_member` and docs/fused_sgdw.md, "Members".
+
+    Members: the group's four per-member values live in ``group["member_table"]``, a float64
+    ``[4, K]`` tensor on the parameters' device (rows lr, momentum, dampening, weight_decay), and
+    ``group["lr"]`` etc. are ``[K]`` views of its rows. Write them in place
+    (``opt.set_member(0, k, lr=0.01)``, ``group["lr"][k] = 0.01``, ``group["lr"].copy_(values)``): the
+    kernels read them on the device, so a compiled step does not recompile and a CUDA graph replays
+    the new values. Numbers assigned to a key (``group["lr"] = 0.01`` or ``K`` values) are written
+    into the table at the next step (a compiled step recompiles once for it); a ``[K]`` tensor
+    assigned to a key is read as it is, like a tensor ``lr``. Numbers are checked as torch checks
+    them; tensors are not (that would read them back from the device). Such a group always keeps
+    momentum buffers (of the parameters' shape); a member whose momentum is 0 takes torch's
+    momentum-free update and neither reads nor writes its part of the buffer. ``nesterov``,
+    ``maximize`` and ``decoupled_weight_decay`` stay one per group. torch's LR schedulers set one
+    value per group and cannot drive the members: set each member's values from your own schedule.
 
     AMP: ``GradScaler.step`` hands the scale and the inf flag to the kernel
     (``_step_supports_amp_scaling``); a step with an inf/NaN gradient changes nothing. On a step
@@ -81,6 +107,7 @@ class FusedSGDW(Optimizer):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         backend: str = "auto",
+        members: int = 1,
     ) -> None:
         if differentiable:
             raise ValueError(
@@ -99,8 +126,8 @@ class FusedSGDW(Optimizer):
             fused=fused,
             decoupled_weight_decay=decoupled_weight_decay,
             backend=backend,
+            members=members,
         )
-        _check_hyperparameters(defaults)
         # (backend, device) -> update function, resolved outside any compiled region (resolving probes
         # imports and extensions, which torch.compile cannot trace); a plain attribute Dynamo reads.
         self._backend_fns: dict[tuple[str, torch.device], Callable[..., None]] = {}
@@ -109,16 +136,51 @@ class FusedSGDW(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_hyperparameters(group)
         for p in group["params"]:
             if p.dtype not in _SUPPORTED_DTYPES:
                 raise TypeError(
                     "FusedSGDW supports float32, float16, bfloat16, float64, complex64 and complex128 parameters, "
                     f"got {p.dtype}"
                 )
+        members = _check_members(group)
+        _check_hyperparameters(group)
+        if members > 1:
+            _install_member_table(group, members)
         for device in {p.device for p in group["params"]}:
-            _check_lr_device(group["lr"], device)
+            if members == 1:
+                _check_lr_device(group["lr"], device)
             self._update_function(group["backend"], device)  # raises now if an explicit backend cannot run
+
+    def set_member(
+        self,
+        group_index: int,
+        member: int,
+        *,
+        lr: float | None = None,
+        momentum: float | None = None,
+        dampening: float | None = None,
+        weight_decay: float | None = None,
+    ) -> None:
+        """Sets member ``member``'s hyper-parameters in group ``group_index`` (those given), in place in
+        the group's ``[K]`` tensors: no host sync, nothing to recompile. Checked as torch checks them."""
+        if not 0 <= group_index < len(self.param_groups):
+            raise IndexError(f"FusedSGDW.set_member: group {group_index} of {len(self.param_groups)}")
+        group = self.param_groups[group_index]
+        members = group["members"]
+        if members == 1:
+            raise ValueError(
+                f"FusedSGDW.set_member: group {group_index} has one member (members=1); set its group['lr'] etc. "
+                "directly, or build the group with members=K"
+            )
+        if isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < members:
+            raise IndexError(f"FusedSGDW.set_member: member {member!r} of a group of {members} members")
+        values = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+        given = {key: _number(key, value) for key, value in values.items() if value is not None}
+        for key, value in given.items():
+            _check_member_values(key, [value], group["nesterov"], first_member=member)
+        columns = dict(zip(MEMBER_KEYS, _member_columns(group), strict=True))
+        for key, value in given.items():
+            columns[key][member].fill_(value)  # a fill kernel on the device: no host sync
 
     def _update_function(self, backend: str, device: torch.device) -> Callable[..., None]:
         update = self._backend_fns.get((backend, device))
@@ -135,11 +197,16 @@ class FusedSGDW(Optimizer):
             group.setdefault("nesterov", False)
             group.setdefault("decoupled_weight_decay", False)
             group.setdefault("backend", self.defaults.get("backend", "auto"))
+            group.setdefault("members", 1)
         self._backend_fns = getattr(self, "_backend_fns", {})  # not pickled state: resolved again on use
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state_dict, its param groups in torch.optim.SGD's format (see optim/checkpoint.py):
-        no ``backend``; decoupled decay under ``decoupled_weight_decay`` instead of ``weight_decay``."""
+        no ``backend``; decoupled decay under ``decoupled_weight_decay`` instead of ``weight_decay``; a
+        group with members saves its values as lists (read from the device)."""
+        for group in self.param_groups:
+            if group["members"] > 1:
+                _member_columns(group)  # numbers assigned since the last step go into the table first
         state = super().state_dict()
         state["param_groups"] = [saved_group(group) for group in state["param_groups"]]
         return state
@@ -158,8 +225,14 @@ class FusedSGDW(Optimizer):
                 f"{len(self.param_groups)}; build the optimizer with the groups it was saved from"
             )
         groups = [loaded_group(s, g["backend"]) for s, g in zip(saved_groups, self.param_groups, strict=True)]
-        for group in groups:
+        for index, (group, own) in enumerate(zip(groups, self.param_groups, strict=True)):
+            if group["members"] != own["members"]:
+                raise ValueError(
+                    f"FusedSGDW: param group {index} of the state_dict has {group['members']} members, this "
+                    f"optimizer's {own['members']}; build the optimizer with the members it was saved with"
+                )
             _check_hyperparameters(group)
+        tables = [group.get(MEMBER_TABLE) for group in self.param_groups]
         saved_ids = itertools.chain.from_iterable(g["params"] for g in saved_groups)
         current = itertools.chain.from_iterable(g["params"] for g in self.param_groups)
         param_of = dict(zip(saved_ids, current, strict=False))  # sizes: checked by torch's loader
@@ -169,6 +242,11 @@ class FusedSGDW(Optimizer):
             if pid in param_of and isinstance(s.get("momentum_buffer"), Tensor)
         }
         super().load_state_dict({**state_dict, "param_groups": groups})
+        # torch's loader puts the saved groups (member values as lists) in place of the current ones: the values
+        # go into the current tables, so the views and any reference to a table stay what the kernels read.
+        for index, table in enumerate(tables):
+            if table is not None:
+                _install_member_table(self.param_groups[index], table.shape[1], table)
         for p, buf in buffers.items():
             self.state[p]["momentum_buffer"] = buf.to(device=p.device, dtype=_buffer_dtype(p), copy=True)
 
@@ -195,13 +273,16 @@ class FusedSGDW(Optimizer):
 
     def _creates_buffers(self) -> bool:
         return any(
-            group["momentum"] != 0 and p.grad is not None and "momentum_buffer" not in self.state.get(p, {})
+            _has_buffers(group) and p.grad is not None and "momentum_buffer" not in self.state.get(p, {})
             for group in self.param_groups
             for p in group["params"]
         )
 
     def _step_group(self, group: dict[str, Any], grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
-        has_momentum = group["momentum"] != 0
+        has_momentum = _has_buffers(group)
+        members = group["members"]
+        # The members' [K, 4] values for the kernels, gathered on the device (no host sync).
+        hyper = torch.stack(_member_columns(group), dim=1) if members > 1 else None
         # (device, dtype, first_step, kernel) -> (params, grads, buffers), all plain local tensors. A
         # tensor's first step does not read its buffer, so tensors starting now (step 1, or unfrozen
         # later) go in a launch of their own; `kernel` False is the per-tensor path for what the
@@ -220,14 +301,17 @@ class FusedSGDW(Optimizer):
                     state = self.state[p]
                     buf = state.get("momentum_buffer")
                     if buf is None:
-                        buf = torch.empty_like(p, dtype=_buffer_dtype(p), memory_format=torch.preserve_format)
+                        # A member with momentum 0 never writes its part: zeros, not whatever memory held.
+                        new_buffer = torch.zeros_like if members > 1 else torch.empty_like
+                        buf = new_buffer(p, dtype=_buffer_dtype(p), memory_format=torch.preserve_format)
                         state["momentum_buffer"] = buf
                         created.append(p)
                         first_step = True
                 param, grad = p, p.grad
                 if p.is_complex() or isinstance(p, dtensor) or isinstance(grad, dtensor) or isinstance(buf, dtensor):
                     param, grad, buf = _local_tensors(param, grad, buf, dtensor)
-                lists = launches[(param.device, param.dtype, first_step, _kernel_takes(param, grad, buf))]
+                kernel = _kernel_takes(param, grad, buf) and members_are_blocks(param, members)
+                lists = launches[(param.device, param.dtype, first_step, kernel)]
                 lists[0].append(param)
                 lists[1].append(grad)
                 if buf is not None:
@@ -235,26 +319,28 @@ class FusedSGDW(Optimizer):
             calls = []
             for (device, _, first_step, kernel), (ps, gs, bs) in launches.items():
                 update = self._update_function(group["backend"], device) if kernel else sgdw_reference_
-                lr_float, lr_tensor = _lr_arguments(group["lr"], device)
-                calls.append((update, ps, gs, bs, lr_float, first_step, lr_tensor, device))
+                if hyper is None:
+                    lr_float, lr_tensor = _lr_arguments(group["lr"], device)
+                    floats = (lr_float, group["momentum"], group["dampening"], group["weight_decay"])
+                else:  # the kernels read every member's values from `hyper`, the floats unused
+                    lr_tensor, floats = None, (0.0, 0.0, 0.0, 0.0)
+                calls.append((update, ps, gs, bs, floats, first_step, lr_tensor, device))
         except Exception:
             _forget_buffers(self.state, created)  # refused before any launch: no unwritten buffer stays
             raise
 
-        for update, ps, gs, bs, lr_float, first_step, lr_tensor, device in calls:  # launched after every check
+        for update, ps, gs, bs, floats, first_step, lr_tensor, device in calls:  # launched after every check
             update(
                 ps,
                 gs,
                 bs,
-                lr_float,
-                group["momentum"],
-                group["dampening"],
-                group["weight_decay"],
+                *floats,
                 group["nesterov"],
                 group["maximize"],
                 group["decoupled_weight_decay"],
                 first_step,
                 lr_tensor=lr_tensor,
+                hyper=hyper,
                 grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
                 found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True),
             )
@@ -339,19 +425,167 @@ def _check_lr_device(lr: float | Tensor, device: torch.device) -> None:
 
 
 def _check_hyperparameters(group: dict[str, Any]) -> None:
+    """torch.optim.SGD's checks of a group (per member for a group with members), and the backend's name."""
+    if group["backend"] not in BACKENDS:
+        raise ValueError(f"Unknown FusedSGDW backend {group['backend']!r}; choose one of {', '.join(BACKENDS)}")
+    if group["members"] > 1:
+        if MEMBER_TABLE not in group:  # as given, or as loaded; values written into a table were checked then
+            _member_rows(group, group["members"])
+        return
     lr = group["lr"]
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if not lr.is_floating_point():
             raise TypeError(f"Tensor lr must be floating point, got {lr.dtype}")
-    if not lr >= 0.0:
-        raise ValueError(f"Invalid learning rate: {lr}")
-    if not group["momentum"] >= 0.0:
-        raise ValueError(f"Invalid momentum value: {group['momentum']}")
-    if not group["weight_decay"] >= 0.0:
-        raise ValueError(f"Invalid weight_decay value: {group['weight_decay']}")
+    for key in MEMBER_KEYS:
+        value = group[key]
+        if not isinstance(value, numbers.Real) and not (key == "lr" and isinstance(value, Tensor)):
+            raise TypeError(
+                f"FusedSGDW: {key} must be a number (lr: or a one-element tensor), got {type(value).__name__}; "
+                "a value per member takes members=K"
+            )
+        if key in _NON_NEGATIVE and not float(value) >= 0.0:
+            raise ValueError(f"Invalid {_NON_NEGATIVE[key]}: {value}")
     if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-    if group["backend"] not in BACKENDS:
-        raise ValueError(f"Unknown FusedSGDW backend {group['backend']!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _has_buffers(group: dict[str, Any]) -> bool:
+    """Whether the group's params keep momentum buffers: a group with members always does (its momenta
+    are on the device, and reading them would sync), others when momentum is not 0, as in torch."""
+    return group["members"] > 1 or group["momentum"] != 0
+
+
+# ---- members ------------------------------------------------------------------------------------------------
+
+
+def _install_member_table(group: dict[str, Any], members: int, table: Tensor | None = None) -> None:
+    """Writes the group's four values (numbers, K-sequences or tensors as given, or lists as loaded: checked)
+    into `table` (float64 [4, K], one row per key; a new one on the params' device if None), and puts views
+    of its rows under the four keys."""
+    rows = _member_rows(group, members)
+    values = torch.tensor([rows[key] for key in MEMBER_KEYS], dtype=torch.float64)
+    if table is None:
+        table = values.to(_members_device(group["params"]))
+    else:
+        _copy_from_host(table, values)
+    group[MEMBER_TABLE] = table
+    for row, key in enumerate(MEMBER_KEYS):
+        group[key] = table[row]
+
+
+def _member_columns(group: dict[str, Any]) -> list[Tensor]:
+    """The group's four [K] tensors, as the step reads them (each key's own: the table's view, or a tensor
+    the caller put there). Numbers assigned to a key since go into the table, checked, and the key gets its
+    view back; a table whose params moved to another device follows them."""
+    members = group["members"]
+    table = group[MEMBER_TABLE]
+    device = _members_device(group["params"])
+    if table.device != device:  # once, after the params moved (model.to(device) after building the optimizer)
+        table = group[MEMBER_TABLE] = table.to(device)
+        for row, key in enumerate(MEMBER_KEYS):
+            if isinstance(group[key], Tensor):
+                table[row].copy_(group[key])
+                group[key] = table[row]
+    columns = []
+    for row, key in enumerate(MEMBER_KEYS):
+        value = group[key]
+        if not isinstance(value, Tensor):
+            values = _member_floats(key, value, members)
+            _check_member_values(key, values, group["nesterov"])
+            _copy_from_host(table[row], torch.tensor(values, dtype=torch.float64))
+            value = group[key] = table[row]
+        elif value.shape != (members,) or value.device != device or not value.is_floating_point():
+            raise ValueError(
+                f"FusedSGDW: {key} of a group of {members} members must be a floating point tensor of shape "
+                f"({members},) on {device}, got {value.dtype} {tuple(value.shape)} on {value.device}; write the "
+                f"values into it in place (opt.set_member, group['{key}'][k] = value) or assign numbers"
+            )
+        columns.append(value.to(torch.float64))
+    return columns
+
+
+def _copy_from_host(dst: Tensor, values: Tensor) -> None:
+    """dst <- values (a CPU tensor) without waiting for the device: from pinned memory, which torch's
+    host allocator keeps until the copy has run (from pageable memory the driver may sync the stream)."""
+    if dst.is_cuda:
+        values = values.pin_memory()
+    dst.copy_(values, non_blocking=True)
+
+
+def _check_members(group: dict[str, Any]) -> int:
+    """The group's member count, checked against its params (before any table is built)."""
+    members = group["members"]
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise ValueError(f"FusedSGDW: members must be an int >= 1, got {members!r}")
+    if members == 1:
+        return 1
+    dtensor = _dtensor_class()
+    for index, p in enumerate(group["params"]):
+        if isinstance(p, dtensor):
+            raise ValueError(
+                f"FusedSGDW: param {index} is a DTensor; a group with members takes plain tensors (a shard of dim 0 "
+                "would not hold whole members)"
+            )
+        if p.dim() == 0 or p.shape[0] % members != 0:
+            raise ValueError(
+                f"FusedSGDW: param {index} of shape {tuple(p.shape)} cannot hold {members} members: every param of "
+                f"a group with members=K stacks the K members along dim 0, so dim 0 must be a multiple of {members}"
+            )
+    _members_device(group["params"])
+    return members
+
+
+def _members_device(params: list[Tensor]) -> torch.device:
+    """The one device of a group with members (its member table lives there)."""
+    devices = {p.device for p in params}
+    if len(devices) > 1:
+        raise ValueError(
+            f"FusedSGDW: a group with members holds params of one device (its member table lives there), got "
+            f"{sorted(map(str, devices))}; make one group per device"
+        )
+    return devices.pop() if devices else torch.device("cpu")
+
+
+def _member_rows(group: dict[str, Any], members: int) -> dict[str, list[float]]:
+    """Each of the four values of `group` as `members` floats, checked as torch.optim.SGD checks them."""
+    rows = {key: _member_floats(key, group[key], members) for key in MEMBER_KEYS}
+    for key, values in rows.items():
+        _check_member_values(key, values, group["nesterov"])
+    return rows
+
+
+def _member_floats(key: str, value: Any, members: int) -> list[float]:
+    """`members` floats from a number, a sequence of `members` numbers, or a tensor of 1 or `members` values
+    (read on the host)."""
+    if isinstance(value, Tensor):
+        if value.dim() > 1 or value.numel() not in (1, members):
+            raise ValueError(
+                f"FusedSGDW: {key} for {members} members takes one value or {members}, got a tensor of shape "
+                f"{tuple(value.shape)}"
+            )
+        value = value.tolist() if value.numel() == members and value.dim() == 1 else value.item()
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != members:
+            raise ValueError(
+                f"FusedSGDW: {key} has {len(value)} values for {members} members; give one number (every member) "
+                f"or {members}"
+            )
+        return [_number(key, v) for v in value]
+    return [_number(key, value)] * members
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"FusedSGDW: {key} must be a number, got {type(value).__name__} ({value!r})")
+    return float(value)
+
+
+def _check_member_values(key: str, values: list[float], nesterov: bool, first_member: int = 0) -> None:
+    """torch.optim.SGD's checks, member by member (`first_member`: the index of values[0])."""
+    for k, value in enumerate(values, start=first_member):
+        if key in _NON_NEGATIVE and not value >= 0.0:
+            raise ValueError(f"Invalid {_NON_NEGATIVE[key]}: {value} (member {k})")
+        if nesterov and ((key == "momentum" and value <= 0) or (key == "dampening" and value != 0)):
+            raise ValueError(f"Nesterov momentum requires a momentum and zero dampening (member {k}: {key} {value})")
