@@ -117,13 +117,10 @@ class MemberSteps:
         self.fused: FusedSGDW | None = None
         if isinstance(first, FusedSGDWConfig) and not fp16:
             groups = [member.optimizer.param_groups[0] for member in members]
+            values = {key: [float(g[key]) for g in groups] for key in _MEMBER_VALUES}  # a value per member
             self.fused = FusedSGDW(
-                params,
+                [{"params": params, **values}],
                 members=self.count,
-                lr=[float(g["lr"]) for g in groups],
-                momentum=[g["momentum"] for g in groups],
-                dampening=[g["dampening"] for g in groups],
-                weight_decay=[g["weight_decay"] for g in groups],
                 nesterov=first.nesterov,
                 decoupled_weight_decay=first.decoupled_weight_decay,
                 backend=first.backend,
