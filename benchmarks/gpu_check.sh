@@ -238,7 +238,7 @@ bench_arrays() {
   # every member) against K=1 in the same run; the largest K that beats K=1 by 1.2x (fasttrick.grid.arrays'
   # MIN_GAIN) is part 2's array size. The fused optimizer step (25 members vs 25 steps) is in bench_optim.
   local sweep=(--members 1,4,8,16,25 --steps 20)
-  [ "$dry_run" = 1 ] && sweep=(--members 1,2 --steps 2 --width 0.0625 --batch 32 --precision fp32 --no-compile)
+  [ "$dry_run" = 1 ] && sweep=(--members 1,2 --steps 2 --width 0.125 --batch 32 --precision fp32 --no-compile)
   "$py" benchmarks/array_sweep.py --out "$OUT/array_sweep.json" "${sweep[@]}" \
     --time-limit "$((GPU_CHECK_STEP_LIMIT - 10))"
   local rc=$?
@@ -270,7 +270,7 @@ studies() {
   if [ "$dry_run" = 1 ]; then
     "$py" -m fasttrick.train --config configs/lr_momentum.yaml --out "$state/studies/lr_momentum" --no-bar \
       --fuse "$fuse" --device cpu --epochs 2 --set data.train_subset=1024 --set data.test_subset=512 \
-      --set data.batch_size=256 --set model.width=0.0625
+      --set data.batch_size=256 --set model.width=0.125
     return
   fi
   for study in "${STUDIES[@]}"; do
