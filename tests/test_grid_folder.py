@@ -1,7 +1,7 @@
 """The grid folder: one writer at a time (two trainers started at the same instant), --fresh under a live
 trainer, unusable --out, malformed run files, temp files swept, and a finished grid reread without a write.
 
-Synthetic data and a 1/16-width ResNet-18 keep each run to a second or two; the two-trainer race runs
+Synthetic data and a 1/8-width ResNet-18 keep each run to a second or two; the two-trainer race runs
 two real CLI processes on real CIFAR-10 (FASTTRICK_DATA, 256 images).
 """
 
@@ -28,11 +28,11 @@ from fasttrick.train import main
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 TINY = {
     "data": {"batch_size": 128},
-    "model": {"width": 0.0625},
+    "model": {"width": 0.125},
     "train": {"epochs": 1, "device": "cpu", "compile": False},
 }
 CLI_TINY = [
-    *("--set", "train.epochs=2", "--set", "train.device=cpu", "--set", "model.width=0.0625"),
+    *("--set", "train.epochs=2", "--set", "train.device=cpu", "--set", "model.width=0.125"),
     *("--set", "data.train_subset=256", "--set", "data.test_subset=128", "--set", "data.batch_size=128"),
     *("--only", "fused_sgdw-step-seed0", "--no-bar"),
 ]

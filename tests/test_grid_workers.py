@@ -1,4 +1,4 @@
-"""``--workers N`` on real CIFAR-10 (FASTTRICK_DATA; 512 images, 1/16 width, 2 epochs): the same metrics as
+"""``--workers N`` on real CIFAR-10 (FASTTRICK_DATA; 512 images, 1/8 width, 2 epochs): the same metrics as
 the in-process runner, a worker killed mid-run and retried from its checkpoint, a stopped grid resumed by
 a rerun, --restart-failed, and the GPU memory-fit refusal with simulated probes.
 
@@ -33,7 +33,7 @@ TINY = [
     "data.train_subset=512",
     "data.test_subset=256",
     "data.batch_size=128",
-    "model.width=0.0625",
+    "model.width=0.125",
 ]
 CLI_TINY = [arg for item in TINY for arg in ("--set", item)]
 RUNS = ["fused_sgdw-step-seed0", "adamw-cosine-warmup-seed0", "sgd-plateau-max-seed0"]

@@ -1,4 +1,4 @@
-"""`python -m fasttrick.train` end to end on real CIFAR-10 (FASTTRICK_DATA; a subset, 1/16 width), through
+"""`python -m fasttrick.train` end to end on real CIFAR-10 (FASTTRICK_DATA; a subset, 1/8 width), through
 main(): the smoke grid, its run folders, summary and plots; rerun skips; --only/--fresh; a changed config.
 
 The JPEGs are decoded once into a cache shared by this module (skipped with a reason without FASTTRICK_DATA).
@@ -28,7 +28,7 @@ SMALLER = [
     "--set",
     "data.test_subset=512",
     "--set",
-    "model.width=0.0625",
+    "model.width=0.125",
 ]
 ROW_KEYS = {
     "epoch",
