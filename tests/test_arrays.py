@@ -204,9 +204,10 @@ ADAM_MEMBERS = [
 
 
 # Fused and alone, the same sums run in other orders (grouped against dense convolutions): float32 rounding,
-# which Adam's first steps magnify (m / sqrt(v) of a tiny gradient is about its sign).
+# which training carries on (lr 0.1 on 768 images, BatchNorm; Adam's first steps, where m / sqrt(v) of a tiny
+# gradient is about its sign): within 2% per epoch, the fused grid's acceptance figure.
 @pytest.mark.parametrize(
-    ("members", "rel"), [(SGD_MEMBERS, 1e-3), (ADAM_MEMBERS, 1e-2)], ids=["fused_sgdw", "adam-family"]
+    ("members", "rel"), [(SGD_MEMBERS, 2e-2), (ADAM_MEMBERS, 2e-2)], ids=["fused_sgdw", "adam-family"]
 )
 def test_an_array_trains_as_its_runs_do_one_by_one(synthetic, tmp_path, members, rel):
     grid = grid_of(members)
