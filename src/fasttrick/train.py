@@ -21,6 +21,7 @@ examples:
   python -m fasttrick.train --config configs/group1.yaml --profile faithful   # the post's 200 epochs
   python -m fasttrick.train --config configs/l2.yaml --only 'wd0.01-*' --set optimizer.lr=0.05
   python -m fasttrick.train --config configs/smoke.yaml --workers 2               # 2 runs at once, 1 thread each
+  python -m fasttrick.train --config configs/lr_momentum.yaml --fuse 4     # 4 runs as one fused network
   python -m fasttrick.train --config configs/group2.yaml --executor ray --gpus-per-run 0.5   # local Ray, 2 runs/GPU
   python -m fasttrick.train --config configs/group2.yaml --executor ray --address auto --out /nfs/runs/group2
   python -m fasttrick.report runs/group2                                   # summary and plots again
@@ -105,6 +106,14 @@ def parser() -> argparse.ArgumentParser:
         "--restart-failed",
         action="store_true",
         help="start failed runs over (a rerun otherwise skips them and reports their error)",
+    )
+    p.add_argument(
+        "--fuse",
+        default="off",
+        metavar="auto|off|K",
+        help="train runs that differ only in optimizer hyper-parameters, schedule and warm-up side by side "
+        "as one fused network of up to K members (auto: when this machine's measured gain says so); "
+        "off (default): each run alone",
     )
     run = p.add_argument_group("where runs train (default: one after another in this process)")
     run.add_argument(
@@ -208,11 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         out = args.out or Path("runs") / args.config.stem
         selected = grid.select(args.only)
+        from .grid.arrays import describe_plan, parse_fuse
+
+        fuse = parse_fuse(args.fuse)
         if args.dry_run:
             from .grid.folder import check_out_folder
 
             check_out_folder(selected, out, args.fresh)
             print(describe(grid, selected, out))
+            print("\n".join(describe_plan(selected, fuse)))
             return 0
         print(describe(grid, selected, out), flush=True)
         from .engine import Session
@@ -230,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             address=args.address,
             gpus_per_run=args.gpus_per_run,
             cpus_per_run=args.cpus_per_run,
+            fuse=fuse,
         )
     except ConfigError as err:
         print(f"{args.config}: {err}", file=sys.stderr)

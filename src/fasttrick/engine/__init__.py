@@ -7,6 +7,7 @@
 Grids of runs, run folders and the CLI live a floor up, in fasttrick.grid and fasttrick.train.
 """
 
+from .array import array_key, train_array
 from .checkpoint import CHECKPOINT, CheckpointError, StorageError, config_mismatch, read_checkpoint, writing
 from .io import (
     TERMINAL,
@@ -37,6 +38,7 @@ __all__ = [
     "Runtime",
     "Session",
     "StorageError",
+    "array_key",
     "atomic_write",
     "build_optimizer",
     "config_mismatch",
@@ -47,6 +49,7 @@ __all__ = [
     "read_status",
     "reinitialize",
     "resolve_runtime",
+    "train_array",
     "train_run",
     "write_json",
     "write_metrics",

@@ -17,7 +17,7 @@ from ..optim import FusedSGDW
 
 def build_optimizer(
     cfg: FusedSGDWConfig | SGDConfig | AdamConfig | NAdamConfig,
-    params: Iterable[torch.nn.Parameter],
+    params: Iterable[torch.Tensor],
     device: torch.device,
 ) -> torch.optim.Optimizer:
     params = list(params)

@@ -49,8 +49,10 @@ class Progress:
                 img_s=f"{seen / seconds:.0f}",
             )
 
-    def end_epoch(self, row: Mapping[str, Any]) -> None:
+    def end_epoch(self, row: Mapping[str, Any] | None) -> None:
+        """Close the epoch's bar and log its row (an array logs its members' rows itself: ``None``)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        self.log(format_row(self.name, self.epochs, row))
+        if row is not None:
+            self.log(format_row(self.name, self.epochs, row))

@@ -72,12 +72,12 @@ def train_run(
     rt = resolve_runtime(run)
     for note in config_warnings(run):
         session.log(f"[{name}] warning: {note}")
-    _set_determinism(run, rt)
+    set_determinism(run, rt)
     parts = _build(run, rt, session)
     rows, start_epoch = _resume(parts, run, rt, run_dir, name, session.log)
-    _write(run_dir / "metrics.jsonl", write_metrics, run_dir, rows)
-    _write(run_dir / "environment.json", write_json, run_dir / "environment.json", session.environment(rt))
-    _write(run_dir / "status.json", write_status, run_dir, RunStatus.RUNNING, start_epoch)
+    write_file(run_dir / "metrics.jsonl", write_metrics, run_dir, rows)
+    write_file(run_dir / "environment.json", write_json, run_dir / "environment.json", session.environment(rt))
+    write_file(run_dir / "status.json", write_status, run_dir, RunStatus.RUNNING, start_epoch)
 
     progress = Progress(name, run.train.epochs, session.log, session.bar)
     writer = CheckpointWriter()
@@ -88,34 +88,36 @@ def train_run(
             rows.append(row)
             progress.end_epoch(row)
             if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
-                _write(run_dir / "metrics.jsonl", write_metrics, run_dir, rows)
+                write_file(run_dir / "metrics.jsonl", write_metrics, run_dir, rows)
                 session.log(
                     f"[{name}] diverged: non-finite loss in epoch {epoch + 1} "
                     f"(train {row['train_loss']}, val {row['val_loss']})"
                 )
                 return Outcome(RunStatus.DIVERGED, rows, f"non-finite loss in epoch {epoch + 1}")
             parts.schedule.step(row)
-            _write(run_dir / "metrics.jsonl", write_metrics, run_dir, rows)
+            write_file(run_dir / "metrics.jsonl", write_metrics, run_dir, rows)
             # status.json names the epoch of the checkpoint on disk, so it is written after it, on the writer's thread.
             done = functools.partial(
-                _write, run_dir / "status.json", write_status, run_dir, RunStatus.RUNNING, epoch + 1
+                write_file, run_dir / "status.json", write_status, run_dir, RunStatus.RUNNING, epoch + 1
             )
-            _write(checkpoint_path, writer.submit, checkpoint_path, _checkpoint(parts, run, rt, epoch + 1, rows), done)
+            write_file(
+                checkpoint_path, writer.submit, checkpoint_path, _checkpoint(parts, run, rt, epoch + 1, rows), done
+            )
             if on_epoch_end is not None:
-                _write(checkpoint_path, writer.wait)  # a hook that stops the run must find this epoch's checkpoint
+                write_file(checkpoint_path, writer.wait)  # a hook that stops the run must find this epoch's checkpoint
                 on_epoch_end(name, row)
     finally:
-        _write(checkpoint_path, writer.wait)
+        write_file(checkpoint_path, writer.wait)
     return Outcome(RunStatus.FINISHED, rows)
 
 
-def _write(path: Path, write: Callable[..., None], *args: Any) -> None:
+def write_file(path: Path, write: Callable[..., None], *args: Any) -> None:
     """``write(*args)``, an OSError raised as a StorageError naming ``path`` (a resumable interruption)."""
     with writing(path):
         write(*args)
 
 
-def _set_determinism(run: RunConfig, rt: Runtime) -> None:
+def set_determinism(run: RunConfig, rt: Runtime) -> None:
     if run.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -132,6 +134,21 @@ def _build(run: RunConfig, rt: Runtime, session: Session) -> _Parts:
     prepared = session.model(run, rt)  # before the loaders: a first compile should not hold their memory
     reinitialize(prepared.module, run.seed)
 
+    train_loader, test_loader = build_loaders(run, rt, data)
+    optimizer = build_optimizer(run.optimizer, prepared.module.parameters(), rt.device)
+    return _Parts(
+        module=prepared.module,
+        forward=prepared.forward,
+        train_loader=train_loader,
+        test_loader=test_loader,
+        optimizer=optimizer,
+        schedule=EpochSchedule(optimizer, run),
+        scaler=torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16),
+    )
+
+
+def build_loaders(run: RunConfig, rt: Runtime, data: Any) -> tuple[Any, Any]:
+    """The run's (train, test) loaders over ``data``, on its device, in its autocast dtype."""
     from ..data import build_loader
 
     common = dict(
@@ -147,16 +164,7 @@ def _build(run: RunConfig, rt: Runtime, session: Session) -> _Parts:
         raise ValueError(
             f"data.batch_size={run.data.batch_size} is larger than the {len(data.train_images)} training images"
         )
-    optimizer = build_optimizer(run.optimizer, prepared.module.parameters(), rt.device)
-    return _Parts(
-        module=prepared.module,
-        forward=prepared.forward,
-        train_loader=train_loader,
-        test_loader=test_loader,
-        optimizer=optimizer,
-        schedule=EpochSchedule(optimizer, run),
-        scaler=torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16),
-    )
+    return train_loader, test_loader
 
 
 def _resume(
@@ -200,17 +208,35 @@ def _run_epoch(parts: _Parts, run: RunConfig, rt: Runtime, epoch: int, elapsed: 
     train_seconds = time.perf_counter() - epoch_start
     val_loss, val_acc = _evaluate(parts.module, parts.forward, parts.test_loader, rt, run.data.batch_size, rt.compile)
     epoch_seconds = time.perf_counter() - epoch_start
-    return {
-        "epoch": epoch + 1,
-        "train_loss": train_loss,
-        "train_acc": train_acc,
-        "val_loss": val_loss,
-        "val_acc": val_acc,
-        "lr": lr,
-        "epoch_seconds": round(epoch_seconds, 4),
-        "images_per_s": round(seen / train_seconds, 1),
-        "elapsed_seconds": round(elapsed + epoch_seconds, 4),
-    }
+    return metrics_row(
+        epoch, train_loss, train_acc, val_loss, val_acc, lr, epoch_seconds, seen / train_seconds, elapsed
+    )
+
+
+def metrics_row(
+    epoch: int,
+    train_loss: float,
+    train_acc: float,
+    val_loss: float,
+    val_acc: float,
+    lr: float,
+    epoch_seconds: float,
+    images_per_s: float,
+    elapsed: float,
+) -> MetricRow:
+    """Epoch ``epoch``'s (0-based) row of metrics.jsonl (fasttrick.runfiles.METRIC_KEYS); ``elapsed`` is
+    the run's time before this epoch."""
+    return MetricRow(
+        epoch=epoch + 1,
+        train_loss=train_loss,
+        train_acc=train_acc,
+        val_loss=val_loss,
+        val_acc=val_acc,
+        lr=lr,
+        epoch_seconds=round(epoch_seconds, 4),
+        images_per_s=round(images_per_s, 1),
+        elapsed_seconds=round(elapsed + epoch_seconds, 4),
+    )
 
 
 def _checkpoint(parts: _Parts, run: RunConfig, rt: Runtime, epochs_done: int, rows: list[MetricRow]) -> dict[str, Any]:

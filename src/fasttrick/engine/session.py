@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import DataConfig, RunConfig
@@ -98,9 +97,12 @@ class Session:
 
     # -- model --------------------------------------------------------------------------------
 
-    def model(self, run: RunConfig, rt: Runtime) -> PreparedModel:
+    def model(self, run: RunConfig, rt: Runtime, members: int | None = None) -> PreparedModel:
+        """The run's ResNet-18, or with ``members`` an array of that many (fasttrick.models.FusedResNet18),
+        compiled once per process and shape and reused by every later run or array of that shape."""
         m, t = run.model, run.train
         key = (
+            members,
             m.name,
             m.width,
             m.channels_last,
@@ -112,9 +114,10 @@ class Session:
         )
         prepared = self._models.get(key)
         if prepared is None:
-            from ..models import resnet18
+            from ..models import FusedResNet18, resnet18
 
-            module = resnet18(width=m.width).to(rt.device)
+            module: nn.Module = resnet18(width=m.width) if members is None else FusedResNet18(members, width=m.width)
+            module = module.to(rt.device)
             if m.channels_last:
                 module = module.to(memory_format=torch.channels_last)
             prepared = PreparedModel(module, module)
@@ -122,9 +125,8 @@ class Session:
                 mode = None if t.compile_mode == "default" else t.compile_mode
                 prepared.forward = torch.compile(module, mode=mode, backend=t.compile_backend)
                 prepared.compile_seconds = self._warm_up(prepared, run, rt)
-                self.log(
-                    f"compiled the model ({t.compile_backend}, {t.compile_mode}) in {prepared.compile_seconds:.1f} s"
-                )
+                what = "the model" if members is None else f"an array of {members} models"
+                self.log(f"compiled {what} ({t.compile_backend}, {t.compile_mode}) in {prepared.compile_seconds:.1f} s")
             self._models[key] = prepared
         return prepared
 
@@ -134,10 +136,11 @@ class Session:
         batch = run.data.batch_size
         x = torch.randn(batch, 3, 32, 32, device=rt.device, dtype=rt.amp_dtype or torch.float32)
         x = x.contiguous(memory_format=torch.channels_last) if run.model.channels_last else x
-        y = torch.randint(0, 10, (batch,), device=rt.device)
         with autocast(rt):
             prepared.module.train()
-            F.cross_entropy(prepared.forward(x).float(), y).backward()
+            # any scalar of the logits ([N, classes], or [N, members, classes] for an array) compiles the
+            # backward graph: the loss itself is computed outside the compiled module
+            prepared.forward(x).float().logsumexp(-1).mean().backward()
             prepared.module.eval()
             with torch.no_grad():
                 prepared.forward(x)

@@ -1,4 +1,5 @@
-"""One run into its folder, and how it ended: the per-run function of every executor (local, workers, Ray).
+"""One run (or one fused array of runs) into its folder(s), and how it ended: the per-unit functions of every
+backend (local, workers, Ray).
 
 How a run ends, in status.json:
 
@@ -14,6 +15,7 @@ How a run ends, in status.json:
 from __future__ import annotations
 
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..data import DataSourceError
@@ -21,21 +23,32 @@ from ..engine import (
     TERMINAL,
     EpochHook,
     Interrupted,
+    Outcome,
     RunStatus,
     Session,
     StorageError,
     read_status,
+    train_array,
     train_run,
     write_json,
     write_status,
     writing,
 )
 from ..results.diagnosis import diagnose
+from .arrays import Unit
 from .expand import GridRun
 
 INTERRUPTED_MESSAGE = "interrupted; rerun the same command to resume"
 
-__all__ = ["INTERRUPTED_MESSAGE", "EpochHook", "execute_run", "mark_interrupted"]
+__all__ = [
+    "INTERRUPTED_MESSAGE",
+    "EpochHook",
+    "execute_array",
+    "execute_run",
+    "execute_unit",
+    "mark_interrupted",
+    "record_outcome",
+]
 
 
 def execute_run(run: GridRun, run_dir: Path, session: Session, *, on_epoch_end: EpochHook | None = None) -> RunStatus:
@@ -45,16 +58,9 @@ def execute_run(run: GridRun, run_dir: Path, session: Session, *, on_epoch_end: 
     both are returned; an interrupt and missing CIFAR-10 are recorded as interrupted and raised again,
     since they stop the grid.
     """
-    from ..results.result import run_result
-
     try:
         outcome = train_run(run.config, run_dir, session, name=run.name, on_epoch_end=on_epoch_end)
-        with writing(run_dir / "result.json"):
-            write_json(run_dir / "result.json", run_result(outcome.rows, outcome.status))
-        with writing(run_dir / "diagnosis.json"):
-            write_json(run_dir / "diagnosis.json", diagnose(outcome.rows, outcome.status).to_json())
-        with writing(run_dir / "status.json"):
-            write_status(run_dir, outcome.status, outcome.rows[-1]["epoch"] if outcome.rows else 0, outcome.message)
+        record_outcome(run_dir, outcome)
     except DataSourceError as err:  # every later run would fail the same way (after a download attempt)
         mark_interrupted(run_dir, f"no CIFAR-10: {err}")
         raise
@@ -69,6 +75,78 @@ def execute_run(run: GridRun, run_dir: Path, session: Session, *, on_epoch_end: 
     except Exception as err:
         return _failed(run, run_dir, session, err)
     return outcome.status
+
+
+def execute_unit(
+    unit: Unit, out: Path, session: Session, *, on_epoch_end: EpochHook | None = None
+) -> dict[str, RunStatus]:
+    """A unit of work (one run, or an array of runs) into its folders; {run name: status}."""
+    if unit.fused:
+        return execute_array(unit.runs, out, session, on_epoch_end=on_epoch_end)
+    run = unit.runs[0]
+    return {run.name: execute_run(run, out / run.name, session, on_epoch_end=on_epoch_end)}
+
+
+def record_outcome(run_dir: Path, outcome: Outcome) -> None:
+    """A run that trained to its end or diverged: result.json, diagnosis.json, then its final status."""
+    from ..results.result import run_result
+
+    with writing(run_dir / "result.json"):
+        write_json(run_dir / "result.json", run_result(outcome.rows, outcome.status))
+    with writing(run_dir / "diagnosis.json"):
+        write_json(run_dir / "diagnosis.json", diagnose(outcome.rows, outcome.status).to_json())
+    with writing(run_dir / "status.json"):
+        write_status(run_dir, outcome.status, outcome.rows[-1]["epoch"] if outcome.rows else 0, outcome.message)
+
+
+def execute_array(
+    runs: Sequence[GridRun], out: Path, session: Session, *, on_epoch_end: EpochHook | None = None
+) -> dict[str, RunStatus]:
+    """Train ``runs`` as one fused array (fasttrick.engine.train_array), each into ``out / run.name``,
+    recording how each ended as :func:`execute_run` records a run; {run name: status}.
+
+    A member that diverges is recorded as soon as it does (the others go on). What stops the array
+    stops every member still training, as it would stop a run: an exception in the shared code marks
+    them failed (with the error), a failed write interrupted, an interrupt or missing CIFAR-10
+    interrupted and is raised again.
+    """
+    dirs = {run.name: out / run.name for run in runs}
+    statuses: dict[str, RunStatus] = {}
+
+    def member_ended(name: str, outcome: Outcome) -> None:
+        record_outcome(dirs[name], outcome)
+        statuses[name] = outcome.status
+
+    def still_training() -> list[GridRun]:
+        return [run for run in runs if run.name not in statuses]
+
+    try:
+        train_array(
+            [run.config for run in runs],
+            list(dirs.values()),
+            session,
+            names=list(dirs),
+            on_epoch_end=on_epoch_end,
+            on_member_end=member_ended,
+        )
+    except DataSourceError as err:
+        for run in still_training():
+            mark_interrupted(dirs[run.name], f"no CIFAR-10: {err}")
+        raise
+    except (KeyboardInterrupt, Interrupted):
+        for run in still_training():
+            mark_interrupted(dirs[run.name])
+        raise
+    except StorageError as err:
+        message = f"{err}; free the space or fix the folder, then rerun the same command to resume"
+        for run in still_training():
+            session.log(f"[{run.name}] interrupted: {message}")
+            mark_interrupted(dirs[run.name], message, session)
+            statuses[run.name] = RunStatus.INTERRUPTED
+    except Exception as err:
+        for run in still_training():
+            statuses[run.name] = _failed(run, dirs[run.name], session, err)
+    return {run.name: statuses[run.name] for run in runs}
 
 
 def _failed(run: GridRun, run_dir: Path, session: Session, err: BaseException) -> RunStatus:

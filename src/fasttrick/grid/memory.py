@@ -85,8 +85,18 @@ def check_fit(probes: Sequence[MemoryProbe], runs_per_gpu: int) -> None:
         )
 
 
-def probe_run_memory(run: GridRun) -> MemoryProbe:
-    """Train ``run``'s model for a few steps on random data on the current CUDA device; its peak memory.
+def members_fitting(one: MemoryProbe, two: MemoryProbe) -> int:
+    """The most members of an array one GPU holds, from the measured peaks of arrays of one and two:
+    each member adds ``two - one`` (its weights, optimizer state and activations), the rest is shared
+    (the CUDA context, the data set, the input batch)."""
+    per_member = max(two.peak_bytes - one.peak_bytes, 1)
+    shared = max(one.peak_bytes - per_member, 0)
+    return max(1, int((USABLE_SHARE * one.total_bytes - shared) // per_member))
+
+
+def probe_run_memory(run: GridRun, members: int | None = None) -> MemoryProbe:
+    """Train ``run``'s model (or, with ``members``, an array of that many: fasttrick.models.FusedResNet18)
+    for a few steps on random data on the current CUDA device; its peak memory.
 
     Call it in a fresh process (a spawned worker, a Ray task): it creates a CUDA context, which is
     only freed when the process exits. Eager mode: inductor's fused graphs usually hold fewer
@@ -94,10 +104,9 @@ def probe_run_memory(run: GridRun) -> MemoryProbe:
     in USABLE_SHARE is for that).
     """
     import torch
-    import torch.nn.functional as F
 
     from ..engine import build_optimizer, resolve_runtime
-    from ..models import resnet18
+    from ..models import FusedResNet18, resnet18
 
     config = run.config
     runtime = resolve_runtime(config)
@@ -106,7 +115,8 @@ def probe_run_memory(run: GridRun) -> MemoryProbe:
     device = runtime.device
     torch.cuda.set_device(device)
     torch.cuda.reset_peak_memory_stats(device)
-    model = resnet18(width=config.model.width).to(device)
+    width = config.model.width
+    model = (resnet18(width=width) if members is None else FusedResNet18(members, width=width)).to(device)
     if config.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config.optimizer, model.parameters(), device)
@@ -114,10 +124,10 @@ def probe_run_memory(run: GridRun) -> MemoryProbe:
     images = torch.randn(batch, 3, 32, 32, device=device, dtype=runtime.amp_dtype or torch.float32)
     if config.model.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, 10, (batch,), device=device)
     for _ in range(PROBE_STEPS):
         with torch.autocast("cuda", dtype=runtime.amp_dtype, enabled=runtime.amp_dtype is not None):
-            loss = F.cross_entropy(model(images).float(), labels)
+            # a scalar of the logits ([N, classes], or [N, members, classes]): the same graphs as the loss
+            loss = model(images).float().logsumexp(-1).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

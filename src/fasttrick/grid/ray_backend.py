@@ -1,4 +1,4 @@
-"""``--executor ray``: the grid's runs as Ray tasks, on a laptop (a local Ray instance) or a cluster.
+"""``--executor ray``: the grid's units of work (runs, or fused arrays of runs) as Ray tasks, on a laptop (a local Ray instance) or a cluster.
 
 Ray core tasks, not Ray Tune trials: the grid is already expanded and validated, and its run folders,
 resume rules and summary are fasttrick's own (see fasttrick.grid.runner). What Ray adds is placement:
@@ -7,8 +7,8 @@ per GPU), scheduled wherever a node has them. Tune would add a second experiment
 names and restore rules, and a chdir into trial folders, none of which this grid needs; ``ray`` alone
 is also a smaller install than ``ray[tune]``.
 
-- Every task calls the same per-run function as the local backend (:func:`fasttrick.grid.execute.execute_run`) and
-  writes into ``<out>/<run name>/``. On a cluster ``--out`` must be a filesystem every node mounts at
+- Every task trains one unit with the same function as the local backend (:func:`fasttrick.grid.execute.execute_unit`)
+  and writes into ``<out>/<run name>/`` for each of its runs. On a cluster ``--out`` must be a filesystem every node mounts at
   the same path (NFS, Lustre, ...): a task checks that it sees the driver's marker file there and
   fails its run with that message if not.
 - Ray reuses a worker process for later tasks, so torch.compile is paid once per worker process.
@@ -37,7 +37,8 @@ from ..config import ConfigError
 from ..data import CACHE_ENV, DATA_ENV
 from ..engine import EpochHook, Interrupted, RunStatus, Session
 from . import memory
-from .execute import execute_run, mark_interrupted
+from .arrays import Unit
+from .execute import execute_unit, mark_interrupted
 from .expand import GridRun
 
 INSTALL_HINT = 'the ray backend needs Ray: pip install "fasttrick[ray]"'
@@ -61,8 +62,8 @@ def import_ray():
     return ray
 
 
-def _train_task(run: GridRun, run_dir: Path, marker: Path, threads: int, on_epoch_end: EpochHook | None):
-    """One run on a Ray worker: the body of the remote function (see RayCluster.run)."""
+def _train_task(unit: Unit, out: Path, marker: Path, threads: int, on_epoch_end: EpochHook | None):
+    """One unit on a Ray worker: the body of the remote function (see RayCluster.run)."""
     global _worker_session
     started = time.time()
     if not marker.is_file():
@@ -75,9 +76,9 @@ def _train_task(run: GridRun, run_dir: Path, marker: Path, threads: int, on_epoc
     torch.set_num_threads(threads)
     if _worker_session is None:
         _worker_session = Session(bar=False)  # lines go to the worker's stdout, which Ray forwards to the driver
-    status = execute_run(run, run_dir, _worker_session, on_epoch_end=on_epoch_end)
+    statuses = execute_unit(unit, out, _worker_session, on_epoch_end=on_epoch_end)
     return {
-        "status": status,
+        "statuses": statuses,
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started": started,
@@ -155,26 +156,29 @@ class RayCluster:
 
     def run(
         self,
-        runs: Sequence[GridRun],
+        units: Sequence[Unit],
         out: Path,
         gpus_per_run: float | None,
         cpus_per_run: int,
         on_epoch_end: EpochHook | None,
     ) -> dict[str, RunStatus]:
-        """One task per run, all submitted at once; Ray runs as many at once as the resources allow."""
+        """One task per unit, all submitted at once; Ray runs as many at once as the resources allow."""
         ray = self.ray
+        runs = [run for unit in units for run in unit.runs]
         gpus = self.gpus_per_task(runs, gpus_per_run)
         marker = out / STORAGE_MARKER
         marker.write_text(uuid.uuid4().hex)
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus, max_retries=WORKER_DEATH_RETRIES)(_train_task)
-        pending = {task.remote(run, out / run.name, marker, cpus_per_run, on_epoch_end): run for run in runs}
-        self.log(f"ray: {len(runs)} runs submitted, {cpus_per_run} CPU(s) and {gpus:g} GPU(s) each")
+        pending = {task.remote(unit, out, marker, cpus_per_run, on_epoch_end): unit for unit in units}
+        self.log(
+            f"ray: {len(units)} tasks submitted ({len(runs)} runs), {cpus_per_run} CPU(s) and {gpus:g} GPU(s) each"
+        )
         statuses: dict[str, RunStatus] = {}
         first_start = None
         try:
             while pending:
                 [ready], _ = ray.wait(list(pending), num_returns=1)
-                run = pending.pop(ready)
+                unit = pending.pop(ready)
                 try:
                     report = ray.get(ready)
                 except (Interrupted, KeyboardInterrupt):
@@ -184,22 +188,25 @@ class RayCluster:
                     # the storage check failed, or the node went away. Resumable by a rerun.
                     cause = getattr(err, "cause", None) or err
                     message = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0]}"
-                    mark_interrupted(out / run.name, f"{message}; rerun the same command to resume")
-                    statuses[run.name] = RunStatus.INTERRUPTED
-                    self.log(f"[{len(statuses)}/{len(runs)}] {run.name}: interrupted ({message})")
+                    for run in unit.runs:
+                        mark_interrupted(out / run.name, f"{message}; rerun the same command to resume")
+                        statuses[run.name] = RunStatus.INTERRUPTED
+                        self.log(f"[{len(statuses)}/{len(runs)}] {run.name}: interrupted ({message})")
                     continue
-                statuses[run.name] = report["status"]
+                statuses.update(report["statuses"])
                 if first_start is None or report["started"] < first_start:
                     first_start = report["started"]
-                self.log(
-                    f"[{len(statuses)}/{len(runs)}] {run.name}: {report['status']} in "
-                    f"{report['ended'] - report['started']:.1f} s (host {report['host']}, pid {report['pid']})"
-                )
+                for name, status in report["statuses"].items():
+                    self.log(
+                        f"[{len(statuses)}/{len(runs)}] {name}: {status} in "
+                        f"{report['ended'] - report['started']:.1f} s (host {report['host']}, pid {report['pid']})"
+                    )
             if first_start is not None:
                 self.log(f"ray: the first run started {first_start - self.connected_at:.1f} s after connecting to Ray")
         finally:
-            for ref, run in pending.items():  # interrupted: stop the rest, keep them resumable
+            for ref, unit in pending.items():  # interrupted: stop the rest, keep them resumable
                 ray.cancel(ref, force=True)
-                mark_interrupted(out / run.name)
+                for run in unit.runs:
+                    mark_interrupted(out / run.name)
             marker.unlink(missing_ok=True)
         return statuses

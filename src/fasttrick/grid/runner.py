@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import TERMINAL, EpochHook, RunStatus, Session, read_status
-from .execute import execute_run
+from .arrays import Unit, plan_units
+from .execute import execute_unit
 from .expand import Grid, GridRun
 from .folder import GridLock, check_out_folder, lock_grid_folder, prepare_out_folder
 from .options import check_execution
@@ -67,12 +68,15 @@ def run_grid(
     address: str | None = None,
     gpus_per_run: float | None = None,
     cpus_per_run: int = 1,
+    fuse: str | int = "off",
 ) -> dict[str, RunStatus]:
     """Run the selected runs of ``grid`` into ``out``; returns {run name: final status}.
 
     ``on_epoch_end(name, row)`` runs in the process that trains; with several workers or Ray it
     must pickle (a module-level function or object). Workers and Ray tasks load CIFAR-10 from the
-    cache themselves: ``session`` gives them its log only, not its data or compiled models.
+    cache themselves: ``session`` gives them its log only, not its data or compiled models. ``fuse``
+    ("off", "auto" or the most runs per array) trains compatible runs together as fused arrays
+    (fasttrick.grid.arrays).
     """
     out = Path(out).absolute()  # Ray and worker processes may start in another directory
     selected = grid.select(only)
@@ -98,8 +102,9 @@ def run_grid(
             statuses, todo = _triage(selected, states, session.log)
             try:
                 if todo:
+                    units = plan_units(todo, fuse, _checkpoint_epochs(todo, out), session.log)
                     statuses.update(
-                        _train(todo, out, session, on_epoch_end, cluster, workers, gpus_per_run, cpus_per_run)
+                        _train(units, out, session, on_epoch_end, cluster, workers, gpus_per_run, cpus_per_run)
                     )
             finally:
                 if summary:
@@ -132,8 +137,20 @@ def _triage(
     return statuses, todo
 
 
+def _checkpoint_epochs(runs: Sequence[GridRun], out: Path) -> dict[str, int]:
+    """{run: epochs its checkpoint holds} for the runs that have one (check_out_folder checked them)."""
+    from ..engine import CHECKPOINT, read_checkpoint
+
+    epochs = {}
+    for run in runs:
+        path = out / run.name / CHECKPOINT
+        if path.is_file():
+            epochs[run.name] = int(read_checkpoint(path, mmap=True)["epoch"])
+    return epochs
+
+
 def _train(
-    todo: Sequence[GridRun],
+    units: Sequence[Unit],
     out: Path,
     session: Session,
     on_epoch_end: EpochHook | None,
@@ -142,16 +159,17 @@ def _train(
     gpus_per_run: float | None,
     cpus_per_run: int,
 ) -> dict[str, RunStatus]:
+    todo = [run for unit in units for run in unit.runs]
     if cluster is not None:
         prepare_data(todo, session)
-        return cluster.run(todo, out, gpus_per_run, cpus_per_run, on_epoch_end)
+        return cluster.run(units, out, gpus_per_run, cpus_per_run, on_epoch_end)
     if workers > 1:
         from .workers import run_in_workers
 
         return run_in_workers(
-            todo, out, workers, session.log, on_epoch_end, prepare=lambda: prepare_data(todo, session)
+            units, out, workers, session.log, on_epoch_end, prepare=lambda: prepare_data(todo, session)
         )
-    return _run_here(todo, out, session, on_epoch_end)
+    return _run_here(units, out, session, on_epoch_end)
 
 
 def _summarise(lock: GridLock, log: Callable[[str], None]) -> None:
@@ -167,13 +185,16 @@ def _summarise(lock: GridLock, log: Callable[[str], None]) -> None:
 
 
 def _run_here(
-    runs: Sequence[GridRun], out: Path, session: Session, on_epoch_end: EpochHook | None
+    units: Sequence[Unit], out: Path, session: Session, on_epoch_end: EpochHook | None
 ) -> dict[str, RunStatus]:
     statuses: dict[str, RunStatus] = {}
-    for index, run in enumerate(runs, start=1):
-        log_prefix = f"[{index}/{len(runs)}] {run.name}"
+    for index, unit in enumerate(units, start=1):
+        log_prefix = f"[{index}/{len(units)}] {unit.name}"
         session.log(log_prefix)
         start = time.perf_counter()
-        statuses[run.name] = execute_run(run, out / run.name, session, on_epoch_end=on_epoch_end)
-        session.log(f"{log_prefix}: {statuses[run.name]} in {time.perf_counter() - start:.1f} s")
+        statuses.update(execute_unit(unit, out, session, on_epoch_end=on_epoch_end))
+        ended = ", ".join(
+            f"{statuses[run.name]}" if not unit.fused else f"{run.name} {statuses[run.name]}" for run in unit.runs
+        )
+        session.log(f"{log_prefix}: {ended} in {time.perf_counter() - start:.1f} s")
     return statuses

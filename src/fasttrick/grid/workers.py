@@ -1,6 +1,7 @@
-"""``--workers N``: N runs at once on this machine, one worker process each, no Ray.
+"""``--workers N``: N units of work (runs, or fused arrays of runs) at once on this machine, one worker
+process each, no Ray.
 
-Each worker is a process (forked from a forkserver, or spawned) that lives for the whole grid and trains runs one after another
+Each worker is a process (forked from a forkserver, or spawned) that lives for the whole grid and trains units one after another
 with one :class:`~fasttrick.engine.Session`, so torch.compile is paid once per worker, not per run.
 The driver hands a run to whichever worker is idle and forwards the workers' log lines.
 
@@ -33,7 +34,8 @@ from pathlib import Path
 from ..data import DataSourceError
 from ..engine import EpochHook, Interrupted, RunStatus, Session
 from . import memory
-from .execute import execute_run, mark_interrupted
+from .arrays import Unit
+from .execute import execute_unit, mark_interrupted
 from .expand import GridRun
 
 # A run whose worker died is retried this many times (resumed from its checkpoint), as Ray's
@@ -98,7 +100,7 @@ def _die_with_parent() -> None:
 
 
 def _worker_main(worker_id, threads, gpu, inbox, outbox, on_epoch_end) -> None:
-    """A worker process: train the runs the driver sends until it sends None."""
+    """A worker process: train the units the driver sends until it sends None."""
     _die_with_parent()
     if gpu is not None:  # before anything initialises CUDA in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -108,16 +110,16 @@ def _worker_main(worker_id, threads, gpu, inbox, outbox, on_epoch_end) -> None:
     session = Session(log=lambda line: outbox.put(("log", worker_id, line)), bar=False)
     try:
         while (task := inbox.get()) is not None:
-            run, run_dir = task
+            unit, out = task
             try:
-                status = execute_run(run, run_dir, session, on_epoch_end=on_epoch_end)
+                statuses = execute_unit(unit, out, session, on_epoch_end=on_epoch_end)
             except DataSourceError as err:
-                outbox.put(("no data", worker_id, run.name, str(err)))
+                outbox.put(("no data", worker_id, unit.name, str(err)))
                 return
             except Interrupted as err:
-                outbox.put(("interrupted", worker_id, run.name, str(err)))
+                outbox.put(("interrupted", worker_id, unit.name, str(err)))
                 return
-            outbox.put(("done", worker_id, run.name, status))
+            outbox.put(("done", worker_id, unit.name, statuses))
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the driver handles it
         return
 
@@ -132,12 +134,12 @@ class _Worker:
             daemon=True,
         )
         self.process.start()
-        self.run: GridRun | None = None
+        self.unit: Unit | None = None
         self.started = 0.0
 
-    def send(self, run: GridRun, out: Path) -> None:
-        self.run, self.started = run, time.perf_counter()
-        self.inbox.put((run, out / run.name))
+    def send(self, unit: Unit, out: Path) -> None:
+        self.unit, self.started = unit, time.perf_counter()
+        self.inbox.put((unit, out))
 
     def stop(self, timeout: float) -> None:
         if self.process.is_alive():
@@ -155,19 +157,19 @@ def _death(exitcode: int | None) -> str:
 
 
 def run_in_workers(
-    runs: Sequence[GridRun],
+    units: Sequence[Unit],
     out: Path,
     workers: int,
     log: Callable[[str], None],
     on_epoch_end: EpochHook | None,
     prepare: Callable[[], None],
 ) -> dict[str, RunStatus]:
-    """Train ``runs`` into ``out`` with ``workers`` processes at once; returns {run name: status}.
+    """Train ``units`` into ``out`` with ``workers`` processes at once; returns {run name: status}.
 
     ``prepare()`` (the data cache) runs in this thread while the workers start: starting them waits
     for the forkserver to import torch (~1.4 s), which need not wait for the cache (~0.5 s).
     """
-    pool = _Pool(runs, out, workers, log, on_epoch_end)
+    pool = _Pool(units, out, workers, log, on_epoch_end)
     with concurrent.futures.ThreadPoolExecutor(1) as starter:
         starting = starter.submit(pool.start_all)
         try:
@@ -188,18 +190,21 @@ def run_in_workers(
 
 
 class _Pool:
-    """The driver's side of the workers: who trains what, the queue of runs, deaths and statuses."""
+    """The driver's side of the workers: who trains what, the queue of units, deaths and statuses."""
 
-    def __init__(self, runs, out: Path, workers: int, log: Callable[[str], None], on_epoch_end: EpochHook | None):
+    def __init__(
+        self, units: Sequence[Unit], out: Path, workers: int, log: Callable[[str], None], on_epoch_end: EpochHook | None
+    ):
         self.context = start_context()
         # Threads from the workers asked for, not from the runs left: a run's numerics then do not depend
         # on how many runs a rerun still had to do (2 threads sum a convolution's gradient in another order).
         self.threads = max(1, usable_cores() // workers)
-        self.size = min(workers, len(runs))
-        self.gpus = local_gpu_count(runs)
+        self.size = min(workers, len(units))
+        self.gpus = local_gpu_count([run for unit in units for run in unit.runs])
         self.outbox = self.context.Queue()
-        self.runs, self.out, self.log, self.on_epoch_end = list(runs), out, log, on_epoch_end
-        self.waiting = deque(runs)
+        self.units, self.out, self.log, self.on_epoch_end = list(units), out, log, on_epoch_end
+        self.runs = [run for unit in units for run in unit.runs]
+        self.waiting = deque(units)
         self.deaths: dict[str, int] = {}
         self.statuses: dict[str, RunStatus] = {}
         self.workers: list[_Worker] = []
@@ -213,26 +218,27 @@ class _Pool:
         where = (
             f"{gpus} GPU(s), {math.ceil(size / gpus)} runs per GPU" if gpus else f"CPU, {self.threads} thread(s) each"
         )
-        self.log(f"{len(self.runs)} runs on {size} worker processes ({where})")
+        arrays = sum(unit.fused for unit in self.units)
+        in_arrays = f" ({arrays} fused arrays)" if arrays else ""
+        self.log(f"{len(self.runs)} runs{in_arrays} on {size} worker processes ({where})")
         self.workers = [self.start(i) for i in range(size)]
 
     def busy(self) -> bool:
-        return any(w.run is not None for w in self.workers)
+        return any(w.unit is not None for w in self.workers)
 
     def dispatch(self) -> None:
         for worker_id, worker in enumerate(self.workers):
-            if worker.run is None and self.waiting:
-                run = self.waiting.popleft()
-                self.log(f"{run.name}: started on worker {worker_id}")
-                worker.send(run, self.out)
+            if worker.unit is None and self.waiting:
+                unit = self.waiting.popleft()
+                self.log(f"{unit.name}: started on worker {worker_id}")
+                worker.send(unit, self.out)
 
-    def finish(self, worker: _Worker, status: RunStatus) -> None:
-        assert worker.run is not None, "finish() is for a worker that holds a run"
-        name = worker.run.name
-        self.statuses[name] = status
+    def finish(self, worker: _Worker, statuses: dict[str, RunStatus]) -> None:
+        self.statuses.update(statuses)
         elapsed = time.perf_counter() - worker.started
-        self.log(f"[{len(self.statuses)}/{len(self.runs)}] {name}: {status} in {elapsed:.1f} s")
-        worker.run = None
+        for name, status in statuses.items():
+            self.log(f"[{len(self.statuses)}/{len(self.runs)}] {name}: {status} in {elapsed:.1f} s")
+        worker.unit = None
 
     def receive(self) -> bool:
         """Handle one message from a worker; False when none came within POLL_SECONDS."""
@@ -251,27 +257,30 @@ class _Pool:
         return True
 
     def reap_dead(self) -> None:
-        """A dead worker's run is retried in a fresh worker, resumed from its checkpoint; after
-        WORKER_DEATH_RETRIES retries it ends interrupted (a rerun resumes it)."""
+        """A dead worker's unit is retried in a fresh worker, resumed from its checkpoints; after
+        WORKER_DEATH_RETRIES retries its runs end interrupted (a rerun resumes them)."""
         for worker_id, worker in enumerate(self.workers):
-            if worker.run is None or worker.process.is_alive():
+            if worker.unit is None or worker.process.is_alive():
                 continue
-            run, reason = worker.run, f"worker process {worker.process.pid} {_death(worker.process.exitcode)}"
-            self.deaths[run.name] = self.deaths.get(run.name, 0) + 1
-            if self.deaths[run.name] <= WORKER_DEATH_RETRIES:
-                self.log(f"{run.name}: {reason}; retrying it, resumed from its last checkpoint")
-                mark_interrupted(self.out / run.name, f"{reason}; rerun the same command to resume")
-                self.waiting.appendleft(run)
-                worker.run = None
+            unit, reason = worker.unit, f"worker process {worker.process.pid} {_death(worker.process.exitcode)}"
+            self.deaths[unit.name] = self.deaths.get(unit.name, 0) + 1
+            if self.deaths[unit.name] <= WORKER_DEATH_RETRIES:
+                self.log(f"{unit.name}: {reason}; retrying it, resumed from its last checkpoint")
+                for run in unit.runs:
+                    mark_interrupted(self.out / run.name, f"{reason}; rerun the same command to resume")
+                self.waiting.appendleft(unit)
+                worker.unit = None
             else:
-                message = f"{reason}, {self.deaths[run.name]} times; rerun the same command to resume"
-                mark_interrupted(self.out / run.name, message)
-                self.finish(worker, RunStatus.INTERRUPTED)
+                message = f"{reason}, {self.deaths[unit.name]} times; rerun the same command to resume"
+                for run in unit.runs:
+                    mark_interrupted(self.out / run.name, message)
+                self.finish(worker, {run.name: RunStatus.INTERRUPTED for run in unit.runs})
             self.workers[worker_id] = self.start(worker_id)
 
     def stop_all(self) -> None:
         for worker in self.workers:
-            if worker.run is not None:  # stopped from outside: interrupted, resumable
+            if worker.unit is not None:  # stopped from outside: interrupted, resumable
                 worker.process.kill()
-                mark_interrupted(self.out / worker.run.name)
+                for run in worker.unit.runs:
+                    mark_interrupted(self.out / run.name)
             worker.stop(timeout=10)

@@ -104,13 +104,23 @@ class FusedResNet18(nn.Module):
                 self._member_slice(name, target, member).copy_(state_dict[name])
 
 
-def member_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Each member's mean cross-entropy, [K], for logits [N, K, C] and targets [N] (in the logits' dtype: cast
-    low-precision logits with ``.float()`` first, as for a single model). ``.sum()`` is the array's loss:
-    member k's gradients are those of its own mean loss."""
+def member_cross_entropy(
+    logits: Tensor, targets: Tensor, *, label_smoothing: float = 0.0, reduction: str = "mean"
+) -> Tensor:
+    """Each member's cross-entropy over the batch, [K], for logits [N, K, C] and targets [N] (in the logits'
+    dtype: cast low-precision logits with ``.float()`` first, as for a single model): the mean (default)
+    or the sum over the batch. The mean's ``.sum()`` is the array's loss: member k's gradients are those of
+    its own mean loss."""
     if logits.dim() != 3 or targets.shape != logits.shape[:1]:
         raise ValueError(
             f"expected logits [N, K, classes] and targets [N], got {tuple(logits.shape)} and {tuple(targets.shape)}"
         )
-    per_image = F.cross_entropy(logits.transpose(1, 2), targets[:, None].expand(-1, logits.shape[1]), reduction="none")
-    return per_image.mean(0)
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    per_image = F.cross_entropy(
+        logits.transpose(1, 2),
+        targets[:, None].expand(-1, logits.shape[1]),
+        label_smoothing=label_smoothing,
+        reduction="none",
+    )
+    return per_image.mean(0) if reduction == "mean" else per_image.sum(0)
