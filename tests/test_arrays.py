@@ -175,7 +175,7 @@ def rows_of(folder) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_rows_close(fused: list[dict], separate: list[dict], rel: float = 1e-3, acc: float = 0.02) -> None:
+def assert_rows_close(fused: list, separate: list, rel: float = 2e-2, acc: float = 0.02) -> None:
     """Per epoch: losses within ``rel``, accuracies within ``acc``, the lr equal."""
     assert len(fused) == len(separate)
     for a, b in zip(fused, separate, strict=True):
@@ -327,7 +327,7 @@ def test_a_grid_fused_gives_the_summary_and_files_of_the_grid_run_one_by_one(syn
     for run in grid.runs:
         a, b = tmp_path / "fused" / run.name, tmp_path / "alone" / run.name
         assert {p.name for p in a.iterdir()} == {p.name for p in b.iterdir()}
-        assert_rows_close(rows_of(a), rows_of(b), rel=0.02)
+        assert_rows_close(rows_of(a), rows_of(b))
         da, db = (json.loads((d / "diagnosis.json").read_text()) for d in (a, b))
         assert da["modes"] == db["modes"]
     summaries = [(tmp_path / d / "summary.csv").read_text().splitlines() for d in ("fused", "alone")]
