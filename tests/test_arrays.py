@@ -286,7 +286,9 @@ def test_checkpoints_move_between_a_member_and_a_separate_run(synthetic, tmp_pat
     state = read_checkpoint(member_dirs[1] / CHECKPOINT)
     plain = ResNet18(width=TINY["model"]["width"])
     plain.load_state_dict(state["model"])  # a plain ResNet-18 state dict
-    assert set(state["optimizer"]["state"][0]) == {"momentum_buffer"}
+    assert state["optimizer"]["state"] == {}  # momentum 0: no buffer, as torch.optim.SGD keeps none
+    with_momentum = read_checkpoint(member_dirs[0] / CHECKPOINT)["optimizer"]["state"]
+    assert set(with_momentum[0]) == {"momentum_buffer"} and len(with_momentum) == len(list(plain.parameters()))
     resumed = train_run(runs[1], member_dirs[1], quiet(synthetic))
     alone = train_run(runs[1], tmp_path / "alone", quiet(synthetic))
     assert_rows_close(resumed.rows, alone.rows)
