@@ -331,7 +331,7 @@ def test_a_grid_fused_gives_the_summary_and_files_of_the_grid_run_one_by_one(syn
         assert {p.name for p in a.iterdir()} == {p.name for p in b.iterdir()}
         assert_rows_close(rows_of(a), rows_of(b))
         da, db = (json.loads((d / "diagnosis.json").read_text()) for d in (a, b))
-        assert da["modes"] == db["modes"]
+        assert [d["mode"] for d in da["diagnoses"]] == [d["mode"] for d in db["diagnoses"]]
     summaries = [(tmp_path / d / "summary.csv").read_text().splitlines() for d in ("fused", "alone")]
     assert summaries[0][0] == summaries[1][0] and len(summaries[0]) == len(summaries[1]) == 5
     write_summary(tmp_path / "fused")

@@ -217,16 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         out = args.out or Path("runs") / args.config.stem
         selected = grid.select(args.only)
-        from .grid.arrays import describe_plan, parse_fuse
+        from .grid.arrays import parse_fuse
 
         fuse = parse_fuse(args.fuse)
         if args.dry_run:
-            from .grid.folder import check_out_folder
-
-            check_out_folder(selected, out, args.fresh)
-            print(describe(grid, selected, out))
-            print("\n".join(describe_plan(selected, fuse)))
-            return 0
+            return _dry_run(grid, selected, out, args.fresh, fuse)
         print(describe(grid, selected, out), flush=True)
         from .engine import Session
         from .grid import run_grid
@@ -258,6 +253,17 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
     return _report_statuses(statuses)
+
+
+def _dry_run(grid, selected, out: Path, fresh: bool, fuse: str | int) -> int:
+    """--dry-run: check the folder, print the runs and the arrays; train and write nothing."""
+    from .grid.arrays import describe_plan
+    from .grid.folder import check_out_folder
+
+    check_out_folder(selected, out, fresh)
+    print(describe(grid, selected, out))
+    print("\n".join(describe_plan(selected, fuse)))
+    return 0
 
 
 def _report_statuses(statuses: dict[str, RunStatus]) -> int:

@@ -1,13 +1,10 @@
-"""Several runs trained side by side as ONE fused array: K ResNet-18s in one network
-(:class:`fasttrick.models.FusedResNet18`), fed one augmented batch per step, each member with its own
-optimizer state, schedule and files.
+"""Several runs trained side by side as ONE fused array: K ResNet-18s in one network (FusedResNet18), fed
+one augmented batch per step, each member with its own optimizer state, schedule and files.
 
     from fasttrick.engine import Session, train_array
     outcomes = train_array([run_a, run_b], [dir_a, dir_b], Session())   # one Outcome per member
 
-Why: a 32x32 ResNet-18 leaves a big GPU under-filled (thin 64-channel GEMMs, memory-bound BatchNorm,
-launch gaps); K members make every kernel K times larger and cut the launches K-fold (horizontal
-fusion, HFTA, arXiv 2102.02344).
+Why: a 32x32 ResNet-18 under-fills a big GPU; K members make every kernel K times larger, K-fold fewer launches.
 
 What members share is fixed by :func:`array_key`: every input of the batch stream (seed, data,
 batch) and every shape and setting of the network and the loop. A run's batches depend only on
@@ -32,11 +29,9 @@ member skips that member's step only.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import functools
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,16 +39,16 @@ from typing import Any
 
 import torch
 
-from ..config import FusedSGDWConfig, RunConfig, config_warnings
+from ..config import RunConfig, config_warnings
 from ..models import FusedResNet18, member_cross_entropy
-from ..optim import FusedSGDW
 from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, rng_state, set_rng_state
 from .io import CheckpointWriter, MetricRow, RunStatus, write_json, write_metrics, write_status
+from .members import MemberSteps
 from .optimizers import build_optimizer
 from .progress import Progress, format_row
 from .run import EpochHook, Outcome, build_loaders, metrics_row, set_determinism, write_file
 from .schedules import EpochSchedule, current_lr
-from .session import Runtime, Session, autocast, reinitialize, resolve_runtime, sync
+from .session import Runtime, Session, autocast, keep_large_blocks_on_the_heap, reinitialize, resolve_runtime, sync
 
 # A FusedSGDW member's own values, each a column of the array's table (FusedSGDW.set_member).
 _MEMBER_VALUES = ("lr", "momentum", "dampening", "weight_decay")
@@ -80,12 +75,6 @@ def array_key(run: RunConfig) -> tuple:
     )
 
 
-def member_part(tensor: torch.Tensor, k: int, members: int, shape: torch.Size) -> torch.Tensor:
-    """Member ``k``'s part of a fused tensor (a param, its grad or its momentum buffer), as a view
-    shaped like the plain model's tensor: dim 0 splits into ``members`` equal slices."""
-    return tensor.unflatten(0, (members, -1))[k].view(shape)
-
-
 @dataclasses.dataclass
 class _Member:
     name: str
@@ -98,91 +87,6 @@ class _Member:
     writer: CheckpointWriter
     rows: list[MetricRow] = dataclasses.field(default_factory=list)
     outcome: Outcome | None = None  # set when the member diverged (frozen from then on)
-
-
-class MemberSteps:
-    """One optimizer step for every live member of an array.
-
-    FusedSGDW members (not under fp16) take ONE launch over the array's params with a per-member
-    table of hyper-parameters; :meth:`sync` copies each member's own param group (which its schedule
-    drives) into the table once per epoch, and writes a frozen member's lr as 0 (its weights no longer
-    change). Every other member steps its own optimizer over views of its slices.
-    """
-
-    def __init__(self, params: list[torch.Tensor], members: list[_Member], fp16: bool):
-        self.params = params
-        self.members = members
-        self.count = len(members)
-        first = members[0].run.optimizer
-        self.fused: FusedSGDW | None = None
-        if isinstance(first, FusedSGDWConfig) and not fp16:
-            groups = [member.optimizer.param_groups[0] for member in members]
-            values = {key: [float(g[key]) for g in groups] for key in _MEMBER_VALUES}  # a value per member
-            self.fused = FusedSGDW(
-                [{"params": params, **values}],
-                members=self.count,
-                nesterov=first.nesterov,
-                decoupled_weight_decay=first.decoupled_weight_decay,
-                backend=first.backend,
-            )
-
-    def sync(self) -> None:
-        """The members' current hyper-parameters into the fused launch's table (no-op without one)."""
-        if self.fused is None:
-            return
-        for k, member in enumerate(self.members):
-            values = {key: float(member.optimizer.param_groups[0][key]) for key in _MEMBER_VALUES}
-            if member.outcome is not None:
-                values["lr"] = 0.0
-            self.fused.set_member(0, k, **values)
-
-    def step(self) -> None:
-        if self.fused is not None:
-            self.fused.step()
-            return
-        for k, member in enumerate(self.members):
-            if member.outcome is not None:
-                continue
-            for view, param in zip(member.params, self.params, strict=True):
-                view.grad = None if param.grad is None else member_part(param.grad, k, self.count, view.shape)
-            if member.scaler.is_enabled():
-                member.scaler.step(member.optimizer)
-                member.scaler.update()
-            else:
-                member.optimizer.step()
-            for view in member.params:
-                view.grad = None
-
-    def member_state_dict(self, k: int) -> dict[str, Any]:
-        """Member ``k``'s optimizer state in its own optimizer's standard format (for a FusedSGDW
-        member, torch.optim.SGD's: its momentum buffers are its slices of the array's buffers)."""
-        member = self.members[k]
-        if self.fused is not None and member.optimizer.param_groups[0]["momentum"] != 0:
-            # a momentum-0 member keeps no buffer, as torch.optim.SGD keeps none (the array's slice is unused)
-            for view, param in zip(member.params, self.params, strict=True):
-                buffer = self.fused.state.get(param, {}).get("momentum_buffer")
-                if buffer is not None:
-                    member.optimizer.state[view]["momentum_buffer"] = member_part(buffer, k, self.count, view.shape)
-        return member.optimizer.state_dict()
-
-    def load_member_state_dict(self, k: int, state: dict[str, Any]) -> None:
-        member = self.members[k]
-        member.optimizer.load_state_dict(state)
-        if self.fused is None:
-            return
-        for view, param in zip(member.params, self.params, strict=True):
-            buffer = member.optimizer.state.get(view, {}).get("momentum_buffer")
-            if buffer is None:
-                continue
-            fused_state = self.fused.state[param]
-            if "momentum_buffer" not in fused_state:
-                fused_state["momentum_buffer"] = torch.zeros_like(
-                    param, dtype=buffer.dtype, memory_format=torch.preserve_format
-                )
-            member_part(fused_state["momentum_buffer"], k, self.count, view.shape).copy_(buffer)
-            member.optimizer.state[view]["momentum_buffer"] = member_part(
-                fused_state["momentum_buffer"], k, self.count, view.shape
-            )
 
 
 def train_array(
@@ -220,15 +124,10 @@ def train_array(
             session.log(f"[{name}] warning: {note}")
     set_determinism(first, rt)
     if rt.device.type == "cpu":
-        _keep_large_blocks_on_the_heap()
+        keep_large_blocks_on_the_heap()
     array = _Array.build(runs, run_dirs, names, rt, session)
     start_epoch = array.resume(session.log)
-    for member in array.members:
-        d = member.run_dir
-        write_file(d / "metrics.jsonl", write_metrics, d, member.rows)
-        environment = {**session.environment(rt), "array": {"members": len(runs), "runs": names}}
-        write_file(d / "environment.json", write_json, d / "environment.json", environment)
-        write_file(d / "status.json", write_status, d, "running", start_epoch)
+    _start_files(array, session.environment(rt), names, start_epoch)
 
     label = f"array of {len(runs)}"
     progress = Progress(label, first.train.epochs, session.log, session.bar)
@@ -249,6 +148,16 @@ def train_array(
             if on_member_end is not None:
                 on_member_end(member.name, member.outcome)
     return [m.outcome for m in array.members if m.outcome is not None]
+
+
+def _start_files(array: _Array, environment: dict[str, Any], names: list[str], start_epoch: int) -> None:
+    """Each member's metrics, environment (naming its array) and "running" status, as train_run starts a run."""
+    for member in array.members:
+        d = member.run_dir
+        write_file(d / "metrics.jsonl", write_metrics, d, member.rows)
+        member_environment = {**environment, "array": {"members": len(names), "runs": names}}
+        write_file(d / "environment.json", write_json, d / "environment.json", member_environment)
+        write_file(d / "status.json", write_status, d, RunStatus.RUNNING, start_epoch)
 
 
 @dataclasses.dataclass
@@ -385,7 +294,7 @@ class _Array:
             return
         member.schedule.step(row)
         write_file(d / "metrics.jsonl", write_metrics, d, member.rows)
-        done = functools.partial(write_file, d / "status.json", write_status, d, "running", epoch + 1)
+        done = functools.partial(write_file, d / "status.json", write_status, d, RunStatus.RUNNING, epoch + 1)
         k = self.members.index(member)
         checkpoint = {
             "epoch": epoch + 1,
@@ -469,25 +378,3 @@ def _initialize_members(module: FusedResNet18, run: RunConfig, rt: Runtime) -> N
         module.load_member(k, state)
     for p in module.parameters():
         p.grad = None
-
-
-# glibc's mallopt parameter: the most blocks served by mmap (0: none).
-_M_MMAP_MAX = -4
-
-
-def _keep_large_blocks_on_the_heap() -> None:
-    """Serve every allocation of this process from the heap, not from mmap (glibc, Linux).
-
-    glibc maps each block over its mmap threshold (32 MB at most) afresh and unmaps it when freed, so every
-    step page-faults on it again. An array's activations cross that size where one run's do not (stage 1 of
-    four 1/8-width members at batch 256: 33.5 MB): ~250k page faults a step, which cost an array of 4 about
-    a third of its speed on a 2-core CPU (0.51x -> 0.80x one run's aggregate images/s, one thread). A no-op
-    where glibc is not the allocator.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_MAX, 0)
-    except (OSError, AttributeError):  # musl and others: no mallopt, and no such threshold to avoid
-        pass

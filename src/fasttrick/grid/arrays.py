@@ -23,6 +23,7 @@ import concurrent.futures
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -251,12 +252,11 @@ def members_that_fit(run: GridRun) -> int:
     two (fasttrick.grid.memory); :data:`MAX_MEMBERS` on a CPU."""
     from ..engine import resolve_runtime
     from . import memory
-    from .workers import start_context
 
     rt = resolve_runtime(run.config)
     if rt.device.type != "cuda":
         return MAX_MEMBERS
-    # In a fresh process, whose CUDA context goes with it (fasttrick.grid.workers.probe_in_subprocess).
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=start_context()) as pool:
+    # In a fresh (spawned) process, whose CUDA context goes with it.
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         one, two = pool.map(memory.probe_run_memory, [run, run], [1, 2])
     return memory.members_fitting(one, two)

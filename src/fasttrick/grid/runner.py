@@ -70,14 +70,9 @@ def run_grid(
     cpus_per_run: int = 1,
     fuse: str | int = "off",
 ) -> dict[str, RunStatus]:
-    """Run the selected runs of ``grid`` into ``out``; returns {run name: final status}.
-
-    ``on_epoch_end(name, row)`` runs in the process that trains; with several workers or Ray it
-    must pickle (a module-level function or object). Workers and Ray tasks load CIFAR-10 from the
-    cache themselves: ``session`` gives them its log only, not its data or compiled models. ``fuse``
-    ("off", "auto" or the most runs per array) trains compatible runs together as fused arrays
-    (fasttrick.grid.arrays).
-    """
+    """Run the selected runs of ``grid`` into ``out``; returns {run name: final status}. ``on_epoch_end(name,
+    row)`` runs in the process that trains (with workers or Ray it must pickle); workers and Ray tasks load
+    CIFAR-10 from the cache, not ``session``'s. ``fuse``: "off", "auto" or the most runs per fused array."""
     out = Path(out).absolute()  # Ray and worker processes may start in another directory
     selected = grid.select(only)
     check_execution(executor, workers, address, gpus_per_run, cpus_per_run)

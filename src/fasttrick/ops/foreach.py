@@ -84,7 +84,11 @@ def sgdw_foreach_(
     if momentum_buffers:
         u = _momentum_direction(d, grads, momentum_buffers, skip, momentum, dampening, nesterov, first_step)
 
-    # p -= lr * u, in place unless the step may be skipped (then p is a temporary committed below).
+    _apply_update(params, p, u, grads, momentum_buffers, step_lr, skip, low_precision)
+
+
+def _apply_update(params, p, u, grads, momentum_buffers, step_lr, skip, low_precision) -> None:
+    """p -= lr * u, in place unless the step may be skipped (then p is a temporary committed here)."""
     in_place = skip is None or low_precision
     if isinstance(step_lr, Tensor):
         u = _foreach("mul", u, u is not grads and u is not momentum_buffers, step_lr)

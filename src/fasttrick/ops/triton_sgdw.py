@@ -25,8 +25,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .library import kernel_can_walk, members_are_blocks
 from .reference import momentum_dtype
+from .triton_checks import _check_arguments, _check_launchable
 
 # 4096 elements per program: 16 fp32 elements per thread at 8 warps, i.e. four 16-byte loads per
 # stream in flight per thread. ResNet-18 (11.17 M params) becomes ~2.8 K programs, about 21 per SM on
@@ -293,72 +293,8 @@ def _launch_tables(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor]
     return tables
 
 
-def _check_launchable(
-    index: int, device: torch.device, param: Tensor, grad: Tensor, buf: Tensor | None, members: int
-) -> None:
-    """The kernel gets raw addresses: each must be a plain tensor's own memory on the launch's device,
-    laid out the way the kernel walks it (ops/library.py: kernel_can_walk, members_are_blocks). A
-    DTensor's data_ptr() is 0 and would crash the process; FusedSGDW passes its local shard instead."""
-    for name, t in (("param", param), ("grad", grad), ("momentum buffer", buf)):
-        if t is not None and (t.device != device or t.data_ptr() == 0):
-            raise ValueError(
-                f"the triton backend got {name} {index} ({type(t).__name__} on {t.device}) with no address of its "
-                f"own on {device}; pass plain local tensors (a DTensor's to_local()) of the launch's device"
-            )
-    if not kernel_can_walk(param, grad, buf):
-        raise ValueError(
-            f"the triton backend needs param {index} (shape {tuple(param.shape)}, strides {param.stride()}) to be "
-            f"dense, with its grad (strides {grad.stride()}) and momentum buffer laid out the same; "
-            "FusedSGDW.step routes other layouts to its per-tensor path"
-        )
-    if not members_are_blocks(param, members):
-        raise ValueError(
-            f"the triton backend cannot split param {index} (shape {tuple(param.shape)}, strides {param.stride()}) "
-            f"into {members} members: dim 0 must be divisible by {members} and outermost in memory; "
-            "FusedSGDW.step routes other layouts to its per-tensor path"
-        )
-
-
 def _f64_bits(value: float) -> int:
     return struct.unpack("<q", struct.pack("<d", float(value)))[0]
-
-
-def _check_arguments(
-    param: Tensor,
-    momentum: float,
-    has_momentum: bool,
-    n_buffers: int,
-    lr_tensor: Tensor | None,
-    hyper: Tensor | None,
-    grad_scale: Tensor | None,
-    found_inf: Tensor | None,
-) -> None:
-    """The launch's own checks (the per-tensor layout checks are `_launch_tables`'): what the kernel reads
-    must have the dtype and shape it reads it as, on the params' device."""
-    if param.dtype not in _TL_DTYPE:
-        raise TypeError(f"the triton backend supports float32/float16/bfloat16/float64 params, got {param.dtype}")
-    if hyper is None and (momentum != 0) != has_momentum:
-        raise ValueError(f"momentum {momentum} with {n_buffers} buffers: momentum != 0 takes one per param")
-    if hyper is not None and not (
-        hyper.shape == (4,) or (hyper.dim() == 2 and hyper.shape[0] >= 1 and hyper.shape[1] == 4)
-    ):
-        raise ValueError(f"the triton backend needs hyper as [4] or [members, 4], got {tuple(hyper.shape)}")
-    for name, t, dtypes in (
-        ("lr_tensor", lr_tensor, (torch.float32, torch.float64)),
-        ("hyper", hyper, (torch.float64,)),
-        ("grad_scale", grad_scale, (torch.float32,)),
-        ("found_inf", found_inf, (torch.float32,)),
-    ):
-        if t is not None and (
-            t.device != param.device
-            or t.dtype not in dtypes
-            or not t.is_contiguous()
-            or (name != "hyper" and t.numel() != 1)
-        ):
-            raise ValueError(
-                f"the triton backend needs {name} as a contiguous {dtypes} tensor on {param.device}"
-                f"{'' if name == 'hyper' else ' of one element'}, got {t.dtype} {tuple(t.shape)} on {t.device}"
-            )
 
 
 def sgdw_triton_(
@@ -398,10 +334,8 @@ def sgdw_triton_(
         tables.program_start,
         tables.program_member,
         tables.member_numel_table.numel(),
-        _f64_bits(lr),
-        _f64_bits(momentum),
-        _f64_bits(1.0 - dampening),  # in double, as torch's `alpha=1 - dampening`
-        _f64_bits(weight_decay),
+        # 1 - dampening in double, as torch's `alpha=1 - dampening`
+        *(_f64_bits(value) for value in (lr, momentum, 1.0 - dampening, weight_decay)),
         lr_tensor if lr_tensor is not None else unread,
         hyper if hyper is not None else unread,
         grad_scale if grad_scale is not None else unread,

@@ -3,29 +3,42 @@
 from __future__ import annotations
 
 import itertools
-import numbers
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast, overload
+from collections.abc import Callable, Iterable
+from typing import Any, overload
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..ops import KERNEL_BACKENDS, momentum_dtype, resolve_backend, sgdw_reference_
-from ..ops.library import kernel_can_walk, members_are_blocks
+from ..ops import momentum_dtype, resolve_backend, sgdw_reference_
+from ..ops.library import members_are_blocks
 from .checkpoint import MEMBER_TABLE, loaded_group, saved_group
+from .members import (
+    MEMBER_KEYS,
+    _check_member_values,
+    _check_members,
+    _dtensor_class,
+    _install_member_table,
+    _member_columns,
+    _number,
+)
+from .tensors import (
+    _buffer_dtype,
+    _check_hyperparameters,
+    _check_lr_device,
+    _forget_buffers,
+    _has_buffers,
+    _kernel_takes,
+    _local_tensors,
+    _lr_arguments,
+)
 
 # The kernels' buffer dtype per param dtype (ops.momentum_dtype), as a dict: looked up per tensor per step.
 _BUFFER_DTYPE = {
     dtype: momentum_dtype(dtype) for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 }
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.complex64, torch.complex128)
-
-# What each member of a group with members has of its own: the columns of its member table, in order.
-MEMBER_KEYS = ("lr", "momentum", "dampening", "weight_decay")
-# The hyper-parameters that must not be negative, with the name torch.optim.SGD's errors give them.
-_NON_NEGATIVE = {"lr": "learning rate", "momentum": "momentum value", "weight_decay": "weight_decay value"}
 
 
 class FusedSGDW(Optimizer):
@@ -278,6 +291,19 @@ class FusedSGDW(Optimizer):
             for p in group["params"]
         )
 
+    def _launch_calls(self, group: dict[str, Any], launches: dict, hyper: Tensor | None) -> list[tuple]:
+        """(update, params, grads, buffers, floats, first_step, lr_tensor, device) of each launch."""
+        calls = []
+        for (device, _, first_step, kernel), (ps, gs, bs) in launches.items():
+            update = self._update_function(group["backend"], device) if kernel else sgdw_reference_
+            if hyper is None:
+                lr_float, lr_tensor = _lr_arguments(group["lr"], device)
+                floats = (lr_float, group["momentum"], group["dampening"], group["weight_decay"])
+            else:  # the kernels read every member's values from `hyper`, the floats unused
+                lr_tensor, floats = None, (0.0, 0.0, 0.0, 0.0)
+            calls.append((update, ps, gs, bs, floats, first_step, lr_tensor, device))
+        return calls
+
     def _step_group(self, group: dict[str, Any], grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
         has_momentum = _has_buffers(group)
         members = group["members"]
@@ -316,15 +342,7 @@ class FusedSGDW(Optimizer):
                 lists[1].append(grad)
                 if buf is not None:
                     lists[2].append(buf)
-            calls = []
-            for (device, _, first_step, kernel), (ps, gs, bs) in launches.items():
-                update = self._update_function(group["backend"], device) if kernel else sgdw_reference_
-                if hyper is None:
-                    lr_float, lr_tensor = _lr_arguments(group["lr"], device)
-                    floats = (lr_float, group["momentum"], group["dampening"], group["weight_decay"])
-                else:  # the kernels read every member's values from `hyper`, the floats unused
-                    lr_tensor, floats = None, (0.0, 0.0, 0.0, 0.0)
-                calls.append((update, ps, gs, bs, floats, first_step, lr_tensor, device))
+            calls = self._launch_calls(group, launches, hyper)
         except Exception:
             _forget_buffers(self.state, created)  # refused before any launch: no unwritten buffer stays
             raise
@@ -344,248 +362,3 @@ class FusedSGDW(Optimizer):
                 grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
                 found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True),
             )
-
-
-def _forget_buffers(state: dict[Tensor, dict[str, Any]], params: list[Tensor]) -> None:
-    for p in params:
-        del state[p]["momentum_buffer"]
-
-
-def _kernel_takes(param: Tensor, grad: Tensor, buf: Tensor | None) -> bool:
-    """Whether the backend's kernel can update this tensor; the rest go through the per-tensor path.
-    (Devices are not compared: a grad on another device is refused by every path, as by torch.)"""
-    return (
-        grad.dtype == param.dtype
-        and (buf is None or buf.dtype == _BUFFER_DTYPE.get(param.dtype))
-        and kernel_can_walk(param, grad, buf)
-    )
-
-
-def _buffer_dtype(p: Tensor) -> torch.dtype:
-    """A complex param keeps a complex buffer (as torch's); real ones follow ops.momentum_dtype."""
-    return p.dtype if p.is_complex() else momentum_dtype(p.dtype)
-
-
-def _local_tensors(
-    param: Tensor,
-    grad: Tensor,
-    buf: Tensor | None,
-    dtensor: Any,  # DTensor, or () (see _dtensor_class)
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """What a kernel updates in place: a DTensor's local shard (its own data_ptr() is 0), and a
-    complex tensor as its real view (the update is linear with real coefficients, as torch does it)."""
-    if isinstance(param, dtensor):
-        for name, t in (("grad", grad), ("momentum buffer", buf)):
-            if t is not None and not (
-                isinstance(t, dtensor) and t.device_mesh == param.device_mesh and t.placements == param.placements
-            ):
-                got = f"{t.placements} on {t.device_mesh}" if isinstance(t, dtensor) else f"a plain {type(t).__name__}"
-                raise ValueError(
-                    f"FusedSGDW updates a DTensor param through its local shard, so its {name} must be a DTensor "
-                    f"with the same mesh and placements ({param.placements} on {param.device_mesh}), got {got}; "
-                    "redistribute it first"
-                )
-        # grad and buf are DTensors too (checked above), which mypy cannot tell from `dtensor`.
-        param, grad = param.to_local(), cast(Any, grad).to_local()
-        buf = None if buf is None else cast(Any, buf).to_local()
-    elif isinstance(grad, dtensor) or isinstance(buf, dtensor):
-        raise ValueError("FusedSGDW: a plain tensor param has a DTensor grad or momentum buffer; make both DTensors")
-    if param.is_complex():
-        param, buf = torch.view_as_real(param), None if buf is None else torch.view_as_real(buf)
-        grad = torch.view_as_real(grad.to_dense() if grad.is_sparse else grad)
-    return param, grad, buf
-
-
-def _dtensor_class() -> type | tuple[()]:
-    """DTensor, or () (isinstance of nothing) in a process that never imported torch.distributed.tensor
-    (it takes seconds to import, and without it there is no DTensor)."""
-    module = getattr(torch.distributed, "tensor", None)
-    return () if module is None else module.DTensor
-
-
-def _lr_arguments(lr: float | Tensor, device: torch.device) -> tuple[float, Tensor | None]:
-    """The backends' (lr, lr_tensor) for a launch on `device`: a float as is; a tensor on the device
-    as is (the caller's own, read by the kernel, no copy); a CPU tensor read on the host."""
-    if not isinstance(lr, Tensor):
-        return lr, None
-    _check_lr_device(lr, device)
-    if lr.device != device:  # a CPU lr for accelerator params: reading it costs no device sync
-        return lr.item(), None
-    if lr.dtype not in (torch.float32, torch.float64):  # kernels read fp32/fp64; fp16/bf16 widen exactly
-        return 0.0, lr.to(torch.float32)
-    return 0.0, lr
-
-
-def _check_lr_device(lr: float | Tensor, device: torch.device) -> None:
-    if isinstance(lr, Tensor) and lr.device != device and lr.device.type != "cpu":
-        raise ValueError(
-            f"FusedSGDW: the lr tensor is on {lr.device} but parameters are on {device}; create it on {device} "
-            "(kept as your own tensor, read by the kernel) or on the CPU (read on the host each step)"
-        )
-
-
-def _check_hyperparameters(group: dict[str, Any]) -> None:
-    """torch.optim.SGD's checks of a group (per member for a group with members), and the backend's name."""
-    if group["backend"] not in KERNEL_BACKENDS:
-        raise ValueError(f"Unknown FusedSGDW backend {group['backend']!r}; choose one of {', '.join(KERNEL_BACKENDS)}")
-    if group["members"] > 1:
-        if MEMBER_TABLE not in group:  # as given, or as loaded; values written into a table were checked then
-            _member_rows(group, group["members"])
-        return
-    lr = group["lr"]
-    if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if not lr.is_floating_point():
-            raise TypeError(f"Tensor lr must be floating point, got {lr.dtype}")
-    for key in MEMBER_KEYS:
-        value = group[key]
-        if not isinstance(value, numbers.Real) and not (key == "lr" and isinstance(value, Tensor)):
-            raise TypeError(
-                f"FusedSGDW: {key} must be a number (lr: or a one-element tensor), got {type(value).__name__}; "
-                "a value per member takes members=K"
-            )
-        if key in _NON_NEGATIVE and not float(value) >= 0.0:
-            raise ValueError(f"Invalid {_NON_NEGATIVE[key]}: {value}")
-    if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-
-
-def _has_buffers(group: dict[str, Any]) -> bool:
-    """Whether the group's params keep momentum buffers: a group with members always does (its momenta
-    are on the device, and reading them would sync), others when momentum is not 0, as in torch."""
-    return group["members"] > 1 or group["momentum"] != 0
-
-
-# ---- members ------------------------------------------------------------------------------------------------
-
-
-def _install_member_table(group: dict[str, Any], members: int, table: Tensor | None = None) -> None:
-    """Writes the group's four values (numbers, K-sequences or tensors as given, or lists as loaded: checked)
-    into `table` (float64 [4, K], one row per key; a new one on the params' device if None), and puts views
-    of its rows under the four keys."""
-    rows = _member_rows(group, members)
-    values = torch.tensor([rows[key] for key in MEMBER_KEYS], dtype=torch.float64)
-    if table is None:
-        table = values.to(_members_device(group["params"]))
-    else:
-        _copy_from_host(table, values)
-    group[MEMBER_TABLE] = table
-    for row, key in enumerate(MEMBER_KEYS):
-        group[key] = table[row]
-
-
-def _member_columns(group: dict[str, Any]) -> list[Tensor]:
-    """The group's four [K] tensors, as the step reads them (each key's own: the table's view, or a tensor
-    the caller put there). Numbers assigned to a key since go into the table, checked, and the key gets its
-    view back; a table whose params moved to another device follows them."""
-    members = group["members"]
-    table = group[MEMBER_TABLE]
-    device = _members_device(group["params"])
-    if table.device != device:  # once, after the params moved (model.to(device) after building the optimizer)
-        table = group[MEMBER_TABLE] = table.to(device)
-        for row, key in enumerate(MEMBER_KEYS):
-            if isinstance(group[key], Tensor):
-                table[row].copy_(group[key])
-                group[key] = table[row]
-    columns = []
-    for row, key in enumerate(MEMBER_KEYS):
-        value = group[key]
-        if not isinstance(value, Tensor):
-            values = _member_floats(key, value, members)
-            _check_member_values(key, values, group["nesterov"])
-            _copy_from_host(table[row], torch.tensor(values, dtype=torch.float64))
-            value = group[key] = table[row]
-        elif value.shape != (members,) or value.device != device or not value.is_floating_point():
-            raise ValueError(
-                f"FusedSGDW: {key} of a group of {members} members must be a floating point tensor of shape "
-                f"({members},) on {device}, got {value.dtype} {tuple(value.shape)} on {value.device}; write the "
-                f"values into it in place (opt.set_member, group['{key}'][k] = value) or assign numbers"
-            )
-        columns.append(value.to(torch.float64))
-    return columns
-
-
-def _copy_from_host(dst: Tensor, values: Tensor) -> None:
-    """dst <- values (a CPU tensor) without waiting for the device: from pinned memory, which torch's
-    host allocator keeps until the copy has run (from pageable memory the driver may sync the stream)."""
-    if dst.is_cuda:
-        values = values.pin_memory()
-    dst.copy_(values, non_blocking=True)
-
-
-def _check_members(group: dict[str, Any]) -> int:
-    """The group's member count, checked against its params (before any table is built)."""
-    members = group["members"]
-    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
-        raise ValueError(f"FusedSGDW: members must be an int >= 1, got {members!r}")
-    if members == 1:
-        return 1
-    dtensor = _dtensor_class()
-    for index, p in enumerate(group["params"]):
-        if isinstance(p, dtensor):
-            raise ValueError(
-                f"FusedSGDW: param {index} is a DTensor; a group with members takes plain tensors (a shard of dim 0 "
-                "would not hold whole members)"
-            )
-        if p.dim() == 0 or p.shape[0] % members != 0:
-            raise ValueError(
-                f"FusedSGDW: param {index} of shape {tuple(p.shape)} cannot hold {members} members: every param of "
-                f"a group with members=K stacks the K members along dim 0, so dim 0 must be a multiple of {members}"
-            )
-    _members_device(group["params"])
-    return members
-
-
-def _members_device(params: list[Tensor]) -> torch.device:
-    """The one device of a group with members (its member table lives there)."""
-    devices = {p.device for p in params}
-    if len(devices) > 1:
-        raise ValueError(
-            f"FusedSGDW: a group with members holds params of one device (its member table lives there), got "
-            f"{sorted(map(str, devices))}; make one group per device"
-        )
-    return devices.pop() if devices else torch.device("cpu")
-
-
-def _member_rows(group: dict[str, Any], members: int) -> dict[str, list[float]]:
-    """Each of the four values of `group` as `members` floats, checked as torch.optim.SGD checks them."""
-    rows = {key: _member_floats(key, group[key], members) for key in MEMBER_KEYS}
-    for key, values in rows.items():
-        _check_member_values(key, values, group["nesterov"])
-    return rows
-
-
-def _member_floats(key: str, value: Any, members: int) -> list[float]:
-    """`members` floats from a number, a sequence of `members` numbers, or a tensor of 1 or `members` values
-    (read on the host)."""
-    if isinstance(value, Tensor):
-        if value.dim() > 1 or value.numel() not in (1, members):
-            raise ValueError(
-                f"FusedSGDW: {key} for {members} members takes one value or {members}, got a tensor of shape "
-                f"{tuple(value.shape)}"
-            )
-        value = value.tolist() if value.numel() == members and value.dim() == 1 else value.item()
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        if len(value) != members:
-            raise ValueError(
-                f"FusedSGDW: {key} has {len(value)} values for {members} members; give one number (every member) "
-                f"or {members}"
-            )
-        return [_number(key, v) for v in value]
-    return [_number(key, value)] * members
-
-
-def _number(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"FusedSGDW: {key} must be a number, got {type(value).__name__} ({value!r})")
-    return float(value)
-
-
-def _check_member_values(key: str, values: list[float], nesterov: bool, first_member: int = 0) -> None:
-    """torch.optim.SGD's checks, member by member (`first_member`: the index of values[0])."""
-    for k, value in enumerate(values, start=first_member):
-        if key in _NON_NEGATIVE and not value >= 0.0:
-            raise ValueError(f"Invalid {_NON_NEGATIVE[key]}: {value} (member {k})")
-        if nesterov and ((key == "momentum" and value <= 0) or (key == "dampening" and value != 0)):
-            raise ValueError(f"Nesterov momentum requires a momentum and zero dampening (member {k}: {key} {value})")
