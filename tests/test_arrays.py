@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from fasttrick.config import ConfigError
 from fasttrick.data import Cifar10
-from fasttrick.engine import CHECKPOINT, Interrupted, Session, read_checkpoint, train_array, train_run
+from fasttrick.engine import CHECKPOINT, Interrupted, read_checkpoint, train_array, train_run
 from fasttrick.grid import expand_grid, run_grid
 from fasttrick.grid.arrays import (
     MIN_GAIN,
@@ -25,14 +24,7 @@ from fasttrick.grid.memory import USABLE_SHARE, MemoryProbe, members_fitting
 from fasttrick.models import ResNet18
 from fasttrick.results.summary import write_summary
 
-# Width 1/8, not 1/16: at 1/16 a plain ResNet-18's stage-2 shortcut (a 1x1 stride-2 conv of 4 input channels)
-# hits a oneDNN fault in channels-last weight gradients on some x86 CPUs (fewer than 8 input channels).
-TINY = {
-    "data": {"batch_size": 128},
-    "model": {"width": 0.125},
-    "train": {"epochs": 2, "device": "cpu", "compile": False},
-    "optimizer": {"name": "fused_sgdw", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-}
+from engine_helpers import TINY, learnable_cifar10, quiet_session
 
 
 def grid_of(runs: list[dict], base: dict | None = None, seeds=(0,)):
@@ -157,18 +149,7 @@ COMPARED = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 @pytest.fixture(scope="module")
 def synthetic() -> Cifar10:
-    """768 train / 256 test images whose class shifts the mean colour, so a tiny model learns something."""
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 10, size=1024)
-    images = rng.integers(0, 200, size=(1024, 32, 32, 3)) + (labels * 5)[:, None, None, None]
-    images = images.clip(0, 255).astype(np.uint8)
-    return Cifar10.from_arrays(
-        images[:768], labels[:768], images[768:], labels[768:], [str(i) for i in range(10)], "synthetic"
-    )
-
-
-def quiet(data, lines=None) -> Session:
-    return Session(log=(lines if lines is not None else []).append, bar=False, dataset=data)
+    return learnable_cifar10()
 
 
 def rows_of(folder) -> list[dict]:
@@ -213,10 +194,10 @@ def test_an_array_trains_as_its_runs_do_one_by_one(synthetic, tmp_path, members,
     grid = grid_of(members)
     runs = [r.config for r in grid.runs]
     fused_dirs = [tmp_path / "fused" / r.name for r in grid.runs]
-    outcomes = train_array(runs, fused_dirs, quiet(synthetic), names=[r.name for r in grid.runs])
+    outcomes = train_array(runs, fused_dirs, quiet_session(synthetic), names=[r.name for r in grid.runs])
     assert [o.status for o in outcomes] == ["finished"] * len(runs)
     for run, fused_dir in zip(grid.runs, fused_dirs, strict=True):
-        alone = train_run(run.config, tmp_path / "alone" / run.name, quiet(synthetic))
+        alone = train_run(run.config, tmp_path / "alone" / run.name, quiet_session(synthetic))
         assert_rows_close(rows_of(fused_dir), alone.rows, rel=rel)
         # every file a separate run writes (result/diagnosis are the grid's, tested below)
         assert {p.name for p in fused_dir.iterdir()} >= {
@@ -239,7 +220,7 @@ def test_a_member_that_diverges_is_frozen_and_leaves_the_others_bit_identical(sy
         outcomes = train_array(
             [r.config for r in grid.runs],
             dirs[label],
-            quiet(synthetic),
+            quiet_session(synthetic),
             on_member_end=lambda name, outcome: ended.append((name, outcome.status)),
         )
     assert [o.status for o in outcomes] == ["finished", "finished", "diverged"]
@@ -253,7 +234,7 @@ def test_an_interrupted_array_resumes_from_its_members_checkpoints(synthetic, tm
     grid = grid_of(SGD_MEMBERS, base={**TINY, "train": {**TINY["train"], "epochs": 3}})
     runs = [r.config for r in grid.runs]
     whole = [tmp_path / "whole" / r.name for r in grid.runs]
-    train_array(runs, whole, quiet(synthetic))
+    train_array(runs, whole, quiet_session(synthetic))
     cut = [tmp_path / "cut" / r.name for r in grid.runs]
 
     def stop_after_first_epoch(name, row):
@@ -261,9 +242,9 @@ def test_an_interrupted_array_resumes_from_its_members_checkpoints(synthetic, tm
             raise Interrupted("stop")
 
     with pytest.raises(Interrupted):
-        train_array(runs, cut, quiet(synthetic), on_epoch_end=stop_after_first_epoch)
+        train_array(runs, cut, quiet_session(synthetic), on_epoch_end=stop_after_first_epoch)
     lines: list[str] = []
-    train_array(runs, cut, quiet(synthetic, lines))
+    train_array(runs, cut, quiet_session(synthetic, lines))
     assert sum("resuming after epoch 1" in line for line in lines) == len(runs)
     for a, b in zip(whole, cut, strict=True):
         assert [{k: r[k] for k in COMPARED} for r in rows_of(a)] == [{k: r[k] for k in COMPARED} for r in rows_of(b)]
@@ -282,35 +263,35 @@ def test_checkpoints_move_between_a_member_and_a_separate_run(synthetic, tmp_pat
     # member -> separate: member 1 resumed alone ends as the run trained alone from the start
     member_dirs = [tmp_path / "member" / r.name for r in grid.runs]
     with pytest.raises(Interrupted):
-        train_array(runs, member_dirs, quiet(synthetic), on_epoch_end=stop_after_first_epoch)
+        train_array(runs, member_dirs, quiet_session(synthetic), on_epoch_end=stop_after_first_epoch)
     state = read_checkpoint(member_dirs[1] / CHECKPOINT)
     plain = ResNet18(width=TINY["model"]["width"])
     plain.load_state_dict(state["model"])  # a plain ResNet-18 state dict
     assert state["optimizer"]["state"] == {}  # momentum 0: no buffer, as torch.optim.SGD keeps none
     with_momentum = read_checkpoint(member_dirs[0] / CHECKPOINT)["optimizer"]["state"]
     assert set(with_momentum[0]) == {"momentum_buffer"} and len(with_momentum) == len(list(plain.parameters()))
-    resumed = train_run(runs[1], member_dirs[1], quiet(synthetic))
-    alone = train_run(runs[1], tmp_path / "alone", quiet(synthetic))
+    resumed = train_run(runs[1], member_dirs[1], quiet_session(synthetic))
+    alone = train_run(runs[1], tmp_path / "alone", quiet_session(synthetic))
     assert_rows_close(resumed.rows, alone.rows)
 
     # separate -> member: both runs interrupted alone after epoch 1, then resumed as one array
     separate_dirs = [tmp_path / "separate" / r.name for r in grid.runs]
     for run, folder in zip(runs, separate_dirs, strict=True):
         with pytest.raises(Interrupted):
-            train_run(run, folder, quiet(synthetic), name="run", on_epoch_end=stop_after_first_epoch)
-    outcomes = train_array(runs, separate_dirs, quiet(synthetic))
+            train_run(run, folder, quiet_session(synthetic), name="run", on_epoch_end=stop_after_first_epoch)
+    outcomes = train_array(runs, separate_dirs, quiet_session(synthetic))
     assert_rows_close(outcomes[1].rows, alone.rows)
 
 
 def test_members_must_share_the_batch_stream_and_resume_together(synthetic, tmp_path):
     grid = grid_of([{"name": "a"}, {"name": "b", "model": {"width": 0.25}}])
     with pytest.raises(ValueError, match="differ in more than optimizer"):
-        train_array([r.config for r in grid.runs], [tmp_path / "a", tmp_path / "b"], quiet(synthetic))
+        train_array([r.config for r in grid.runs], [tmp_path / "a", tmp_path / "b"], quiet_session(synthetic))
     grid = grid_of([{"name": "a"}, {"name": "b", "optimizer": {"lr": 0.2}}])
     runs = [r.config for r in grid.runs]
-    train_run(runs[0], tmp_path / "a", quiet(synthetic))  # a at epoch 2, b fresh
+    train_run(runs[0], tmp_path / "a", quiet_session(synthetic))  # a at epoch 2, b fresh
     with pytest.raises(Exception, match="same epoch"):
-        train_array(runs, [tmp_path / "a", tmp_path / "b"], quiet(synthetic))
+        train_array(runs, [tmp_path / "a", tmp_path / "b"], quiet_session(synthetic))
 
 
 def test_a_grid_fused_gives_the_summary_and_files_of_the_grid_run_one_by_one(synthetic, tmp_path):
@@ -322,8 +303,8 @@ def test_a_grid_fused_gives_the_summary_and_files_of_the_grid_run_one_by_one(syn
         }
     )
     lines: list[str] = []
-    fused = run_grid(grid, tmp_path / "fused", session=quiet(synthetic, lines), fuse=4)
-    alone = run_grid(grid, tmp_path / "alone", session=quiet(synthetic), fuse="off")
+    fused = run_grid(grid, tmp_path / "fused", session=quiet_session(synthetic, lines), fuse=4)
+    alone = run_grid(grid, tmp_path / "alone", session=quiet_session(synthetic), fuse="off")
     assert fused == alone == {r.name: "finished" for r in grid.runs}
     assert any("array of 4" in line for line in lines)
     for run in grid.runs:

@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import multiprocessing
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -160,10 +159,9 @@ def _auto_members(
 
 
 def _cache_path() -> Path:
-    root = os.environ.get("FASTTRICK_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fasttrick"
-    )
-    return Path(root) / CACHE_FILE
+    from ..data.sources import cache_root
+
+    return cache_root() / CACHE_FILE
 
 
 def _shape_key(run: GridRun, members: int, device: Any) -> str:
