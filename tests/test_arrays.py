@@ -299,7 +299,9 @@ def test_a_grid_fused_gives_the_summary_and_files_of_the_grid_run_one_by_one(syn
         {
             "name": "lr_momentum",
             "base": {**TINY, "scheduler": {"name": "constant"}},
-            "grid": {"optimizer.lr": [0.01, 0.2], "optimizer.momentum": [0.5, 0.9]},
+            # lr 0.2 with momentum 0.9 is unstable on 768 images (val loss 17 alone, 1110 fused by epoch 2): where
+            # a run is chaotic, rounding differences grow without bound and per-epoch numbers cannot be compared
+            "grid": {"optimizer.lr": [0.01, 0.05], "optimizer.momentum": [0.5, 0.9]},
         }
     )
     lines: list[str] = []
@@ -323,7 +325,7 @@ def test_fuse_on_the_command_line(synthetic, tmp_path, monkeypatch, capsys):
 
     config = tmp_path / "lr_momentum.yaml"
     config.write_text(
-        "name: lr_momentum\nbase: {data: {batch_size: 128}, model: {width: 0.125}}\n"
+        "name: lr_momentum\nbase: {data: {batch_size: 128}, model: {width: 0.125}, optimizer: {name: fused_sgdw}}\n"
         "grid: {optimizer.lr: [0.01, 0.2], optimizer.momentum: [0.5, 0.9]}\n"
     )
     assert train.main(["--config", str(config), "--dry-run", "--fuse", "3", "--out", str(tmp_path / "o")]) == 0
