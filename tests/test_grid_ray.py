@@ -57,7 +57,7 @@ def test_ray_grid_matches_the_local_runner_and_a_killed_worker_is_retried(
     lines: list[str] = []
     statuses = run_grid(tiny_grid(), out, executor="ray", on_epoch_end=hook, session=Session(log=lines.append))
     assert statuses == dict.fromkeys(RUNS, "finished")
-    assert "ray: 3 runs submitted, 1 CPU(s) and 0 GPU(s) each" in lines
+    assert "ray: 3 tasks submitted (3 runs), 1 CPU(s) and 0 GPU(s) each" in lines
     assert hook.ran_concurrently()
     killed = {r["pid"] for r in hook.records() if r["run"] == "adamw-cosine-warmup-seed0"}
     assert len(killed) == 2  # epoch 1 in the worker that was killed, epoch 2 in Ray's retry
