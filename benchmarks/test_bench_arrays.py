@@ -172,3 +172,50 @@ def test_array_training_step(benchmark, impl):
         ratio = _median_seconds["separate-4"] / median
         benchmark.extra_info["speedup_vs_separate"] = round(ratio, 2)
         print(f"\nfused array of {MEMBERS}: {ratio:.2f}x the images/s of {MEMBERS} separate models ({DEVICE})")
+
+
+# The 3x3 convolutions of each stage at the smoke scale (channels = base * multiple, map side 32 / stride),
+# which hold most of a training step's time: an array's only gain in compute is that its grouped
+# convolution of K members beats K dense convolutions of one member each.
+STAGE_CONVOLUTIONS = [(round(64 * WIDTH) * multiple, 32 // multiple) for multiple in (1, 2, 4, 8)]
+_conv_median_seconds: dict[tuple[int, str], float] = {}
+
+
+def _conv_step(impl: str, images: torch.Tensor, weights: torch.Tensor) -> None:
+    """Forward + backward of one 3x3 convolution for all members: grouped (the array's kernel) or one dense
+    convolution per member (what separate runs launch)."""
+    if impl == "grouped":
+        out = F.conv2d(images, weights, padding=1, groups=MEMBERS)
+        out.backward(torch.ones_like(out))
+    else:
+        for x, w in zip(images.chunk(MEMBERS, dim=1), weights.chunk(MEMBERS, dim=0), strict=True):
+            x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+            out = F.conv2d(x, w.detach().requires_grad_(), padding=1)
+            out.backward(torch.ones_like(out))
+    synchronize()
+
+
+@pytest.mark.parametrize("impl", ("dense-4", "grouped"))
+@pytest.mark.parametrize(("channels", "side"), STAGE_CONVOLUTIONS)
+def test_member_convolution(benchmark, channels, side, impl):
+    """One stage's 3x3 convolution, forward + backward, for 4 members: grouped against 4 dense launches.
+    The per-member input copy of dense-4 stands for the separate runs' own activations and is timed with
+    it (about one activation's read and write, small beside the convolution)."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(BATCH, MEMBERS * channels, side, side, generator=gen).to(DEVICE)
+    images = images.contiguous(memory_format=torch.channels_last).requires_grad_()
+    weights = torch.randn(MEMBERS * channels, channels, 3, 3, generator=gen).to(DEVICE)
+    weights = weights.contiguous(memory_format=torch.channels_last).requires_grad_()
+    benchmark.group = f"array-conv-{DEVICE}-{channels}ch-{side}px"
+    benchmark.pedantic(_conv_step, args=(impl, images, weights), rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)
+    median = benchmark.stats.stats.median
+    _conv_median_seconds[(channels, impl)] = median
+    benchmark.extra_info.update(
+        impl=impl, members=MEMBERS, channels=channels, side=side, batch_size=BATCH, threads=torch.get_num_threads()
+    )
+    if impl == "grouped" and (channels, "dense-4") in _conv_median_seconds:
+        ratio = median / _conv_median_seconds[(channels, "dense-4")]
+        benchmark.extra_info["grouped_time_vs_dense"] = round(ratio, 2)
+        print(
+            f"\n{channels} channels at {side}x{side}: grouped takes {ratio:.2f}x the time of {MEMBERS} dense ({DEVICE})"
+        )
