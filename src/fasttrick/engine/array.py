@@ -319,11 +319,12 @@ class _Array:
         seen = steps = 0
         smoothing = self.members[0].run.train.label_smoothing
         scalers = [m.scaler for m in self.members]
+        per_member = self.module.runs_per_member(rt.device)  # each member's loss as its separate run computes it
         progress.start_epoch(epoch, len(self.train_loader))
         for images, labels in self.train_loader:
             with autocast(rt):
                 logits = self.forward(images)  # [N, K, classes]
-            losses = member_cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+            losses = member_cross_entropy(logits.float(), labels, label_smoothing=smoothing, per_member=per_member)
             if scalers[0].is_enabled():  # fp16: each member's loss scaled by its own scaler
                 loss = torch.stack([scaler.scale(losses[k]) for k, scaler in enumerate(scalers)]).sum()
             else:
@@ -356,7 +357,9 @@ class _Array:
                 images = torch.cat([images, filler]).contiguous(memory_format=torch.channels_last)
             with autocast(rt):
                 logits = self.forward(images)[:n].float()
-            loss_sums += member_cross_entropy(logits, labels, reduction="sum").double()
+            loss_sums += member_cross_entropy(
+                logits, labels, reduction="sum", per_member=self.module.runs_per_member(rt.device)
+            ).double()
             correct += (logits.argmax(2) == labels[:, None]).sum(0)
             total += n
         sync(rt.device)

@@ -12,6 +12,15 @@ Layout contract (what per-member optimizers and checkpoints rely on):
   ``num_batches_tracked`` (a [K] counter, one per member; the plain one is a 0-dim tensor, ``.view(())``).
   Dim 0 is the outermost dim in the contiguous and channels_last layouts alike, so the slice is a view.
 
+Kernels: ``kernels="grouped"`` runs each layer of all members as one kernel (grouped convolutions, BatchNorm
+over K*C channels, a batched matmul head), the horizontal fusion that fills a GPU. ``kernels="per_member"``
+runs the members one after another through a plain ResNet18 over views of their slices
+(``torch.func.functional_call``): the same dense kernels a separate run launches, so each member's numbers
+are bit-identical to its separate run's, while parameters, gradients and the optimizer step stay fused. It
+suits CPUs, where oneDNN's grouped convolution takes up to 1.9x the time of the same work as dense
+convolutions (benchmarks/test_bench_arrays.py, 8 channels at 32x32, 2-core AVX2). ``"auto"`` (the default)
+picks per_member for CPU inputs and grouped elsewhere.
+
 Initialisation: the modules are ``nn.Conv2d`` (grouped), ``nn.BatchNorm2d`` and ``nn.Linear`` subclasses, so
 ``reset_parameters`` gives every member a fresh draw from the plain model's distributions. To give member k
 exactly the weights a separate run starts from, initialise a plain ResNet18 as that run does and
@@ -21,10 +30,13 @@ exactly the weights a separate run starts from, initialise a plain ResNet18 as t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import chain
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from .members import MemberLinear
 from .resnet import ResNet18, stem_and_stages
@@ -37,11 +49,20 @@ class FusedResNet18(nn.Module):
     Train the members independently with :func:`member_cross_entropy` (the sum of the member means: each
     member's gradients are those of its own mean loss)."""
 
-    def __init__(self, members: int, num_classes: int = 10, width: float = 1.0) -> None:
+    def __init__(
+        self,
+        members: int,
+        num_classes: int = 10,
+        width: float = 1.0,
+        kernels: Literal["auto", "grouped", "per_member"] = "auto",
+    ) -> None:
         super().__init__()
         if not isinstance(members, int) or isinstance(members, bool) or members < 1:
             raise ValueError(f"members must be a positive int, got {members!r}")
+        if kernels not in ("auto", "grouped", "per_member"):
+            raise ValueError(f"kernels must be 'auto', 'grouped' or 'per_member', got {kernels!r}")
         self.members = members
+        self.kernels = kernels
         self.num_classes = num_classes
         self.width = width
         self.stem, self.stages, features = stem_and_stages(width, members)
@@ -49,10 +70,31 @@ class FusedResNet18(nn.Module):
         with torch.device("meta"):
             plain = ResNet18(num_classes, width)
         self._plain_shapes = {name: t.shape for name, t in plain.state_dict().items()}
+        # The per_member path's module code, its tensors swapped for member views at each call; kept out of
+        # the registered submodules (not a parameter holder, not moved by .to(), not in state_dict).
+        self.__dict__["_plain"] = plain
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.runs_per_member(x.device):
+            return torch.stack([self._member_forward(k, x) for k in range(self.members)], dim=1)
         x = self.stages(self.stem(x))
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    def runs_per_member(self, device: torch.device) -> bool:
+        """Whether inputs on ``device`` take the per_member kernels (see the module's docstring)."""
+        return self.kernels == "per_member" or (self.kernels == "auto" and device.type == "cpu")
+
+    def _member_forward(self, member: int, x: Tensor) -> Tensor:
+        """Member ``member``'s logits [N, classes] from the plain model's code over views of its slices: the
+        gradients flow into the fused parameters' slices, and BatchNorm updates the member's running
+        statistics and counter in place through the views."""
+        plain: ResNet18 = self.__dict__["_plain"]
+        plain.train(self.training)
+        tensors = {
+            name: self._member_slice(name, tensor, member)
+            for name, tensor in chain(self.named_parameters(), self.named_buffers())
+        }
+        return functional_call(plain, tensors, (x,))
 
     # -- members ------------------------------------------------------------------------------
 
@@ -105,18 +147,35 @@ class FusedResNet18(nn.Module):
 
 
 def member_cross_entropy(
-    logits: Tensor, targets: Tensor, *, label_smoothing: float = 0.0, reduction: str = "mean"
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    per_member: bool = False,
 ) -> Tensor:
     """Each member's cross-entropy over the batch, [K], for logits [N, K, C] and targets [N] (in the logits'
     dtype: cast low-precision logits with ``.float()`` first, as for a single model): the mean (default)
     or the sum over the batch. The mean's ``.sum()`` is the array's loss: member k's gradients are those of
-    its own mean loss."""
+    its own mean loss.
+
+    ``per_member=True`` computes each member's loss by its own ``F.cross_entropy`` call, the one a separate
+    run makes, so that loss and gradients are bit-identical to its (with FusedResNet18's per_member kernels);
+    False, one call for all members (one launch whatever K, and a compiled graph that does not grow with K),
+    equal to within summation order."""
     if logits.dim() != 3 or targets.shape != logits.shape[:1]:
         raise ValueError(
             f"expected logits [N, K, classes] and targets [N], got {tuple(logits.shape)} and {tuple(targets.shape)}"
         )
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if per_member:
+        return torch.stack(
+            [
+                F.cross_entropy(logits[:, k], targets, label_smoothing=label_smoothing, reduction=reduction)
+                for k in range(logits.shape[1])
+            ]
+        )
     per_image = F.cross_entropy(
         logits.transpose(1, 2),
         targets[:, None].expand(-1, logits.shape[1]),
