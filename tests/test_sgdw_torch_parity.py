@@ -224,8 +224,6 @@ def test_torch_sgd_keyword_arguments_are_accepted():
     opt = FusedSGDW([p], lr=0.1, foreach=True, fused=True, differentiable=False)
     group = opt.param_groups[0]
     assert (group["foreach"], group["fused"], group["differentiable"]) == (True, True, False)
-    with pytest.raises(ValueError, match="differentiable=True"):
-        FusedSGDW([p], lr=0.1, differentiable=True)
 
 
 # --- DTensor parameters and param groups over devices -----------------------------------------------
