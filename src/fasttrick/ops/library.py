@@ -31,9 +31,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-# Every backend function in ops/ takes these arguments, hyper-parameters by keyword (ops/dispatch.py).
+# Every backend function in ops/ takes these arguments, hyper-parameters by keyword (ops/dispatch.py): the
+# op takes them keyword-only.
 SGDW_SCHEMA = (
-    "(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, float lr, float momentum, "
+    "(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, *, float lr, float momentum, "
     "float dampening, float weight_decay, bool nesterov, bool maximize, bool decoupled_weight_decay, "
     "bool first_step, Tensor? lr_tensor=None, Tensor? hyper=None, Tensor? grad_scale=None, "
     "Tensor? found_inf=None) -> ()"
@@ -48,6 +49,7 @@ for _name in ("sgdw_", "sgdw_triton_"):
         params,
         grads,
         momentum_buffers,
+        *,
         lr,
         momentum,
         dampening,
