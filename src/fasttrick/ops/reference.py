@@ -35,6 +35,7 @@ def sgdw_reference_(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffers: list[Tensor],
+    *,
     lr: float,
     momentum: float,
     dampening: float,
