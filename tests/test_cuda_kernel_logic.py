@@ -134,7 +134,7 @@ def run_against_reference(
             **hyper,
         )
         plans.append([plan[i : i + 4] for i in range(0, len(plan), 4)])
-        sgdw_reference_(ref_params, ref_grads, ref_bufs, lr, grad_scale=scale, first_step=step == 0, **hyper)
+        sgdw_reference_(ref_params, ref_grads, ref_bufs, lr=lr, grad_scale=scale, first_step=step == 0, **hyper)
         tol = FP32_TOL if dtype == torch.float32 else {}  # fp16/bf16/fp64: torch.testing's per-dtype defaults
         buf_tol = FP32_TOL if momentum_dtype(dtype) == torch.float32 else {}
         for i in range(len(shapes)):

@@ -13,6 +13,7 @@ from fasttrick.environment import environment_report
 from fasttrick.ops import dispatch
 from fasttrick.ops.foreach import sgdw_foreach_
 from fasttrick.ops.reference import sgdw_reference_
+from fasttrick.optim import functional
 
 NO_KERNEL_IMAGE = "CUDA error: no kernel image is available for execution on the device"
 CPU = torch.device("cpu")
@@ -25,6 +26,7 @@ def fresh_probes(monkeypatch):
     def clear():
         dispatch._resolve.cache_clear()
         dispatch._launch_error.cache_clear()
+        functional._RESOLVED.clear()  # the optimizer's resolved functions, kept for compiled steps
 
     clear()
     monkeypatch.setattr(dispatch, "_WARNED", set())
@@ -99,7 +101,9 @@ def test_explicit_backend_whose_launch_fails_raises_with_the_cause(fresh_probes,
 
 
 def test_a_launch_that_computes_wrong_values_fails_the_probe(fresh_probes, monkeypatch):
-    monkeypatch.setattr(dispatch, "_backend_function", lambda name: lambda *args: None)  # runs, updates nothing
+    monkeypatch.setattr(
+        dispatch, "_backend_function", lambda name: lambda *args, **hyper: None
+    )  # runs, updates nothing
     cause = dispatch._launch_error("foreach", CPU)
     assert cause is not None and "wrong result" in cause
 

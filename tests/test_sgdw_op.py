@@ -46,7 +46,9 @@ def _op_args(device, momentum=0.9, first_step=False, found_inf=None):
     grads = [torch.randn_like(p) for p in params]
     bufs = [torch.randn_like(p) for p in params] if momentum else []
     lr = torch.tensor(0.1, device=device)
-    return (params, grads, bufs, 0.0, momentum, 0.0, 1e-4, False, False, False, first_step, lr, None, None, found_inf)
+    hyper = dict(lr=0.0, momentum=momentum, dampening=0.0, weight_decay=1e-4, nesterov=False, maximize=False)
+    flags = dict(decoupled_weight_decay=False, first_step=first_step, lr_tensor=lr, found_inf=found_inf)
+    return (params, grads, bufs), {**hyper, **flags}
 
 
 # The C++ kernels (cpu, cuda) implement fasttrick::sgdw_, the Triton kernel fasttrick::sgdw_triton_.
@@ -60,20 +62,17 @@ def test_opcheck(device, backend):
 
     resolve_backend(backend, device)  # loads the kernels
     op = getattr(torch.ops.fasttrick, _OP_OF_BACKEND[backend])
-    torch.library.opcheck(op, _op_args(device), test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(op, _op_args(device, momentum=0.0, first_step=True), test_utils=("test_schema",))
+    torch.library.opcheck(op, *_op_args(device), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(op, *_op_args(device, momentum=0.0, first_step=True), test_utils=("test_schema",))
     # The compiled form: hyper-parameters in a float64 tensor, lr from the float (no lr_tensor).
-    compiled_form = list(_op_args(device))
-    compiled_form[11] = None
-    compiled_form[12] = torch.tensor([0.1, 0.9, 0.0, 1e-4], dtype=torch.float64, device=device)
-    torch.library.opcheck(op, tuple(compiled_form), test_utils=("test_schema", "test_faketensor"))
+    args, kwargs = _op_args(device)
+    kwargs.update(lr_tensor=None, hyper=torch.tensor([0.1, 0.9, 0.0, 1e-4], dtype=torch.float64, device=device))
+    torch.library.opcheck(op, args, kwargs, test_utils=("test_schema", "test_faketensor"))
     # Members: a [K, 4] table, every param's dim 0 split into K blocks (momentum 0 for one of them).
-    members_form = list(_op_args(device))
-    members_form[:3] = [[torch.randn(6, 5, device=device), torch.randn(9, device=device)] for _ in range(3)]
-    members_form[11] = None
-    members_form[12] = torch.tensor([[0.1, 0.9, 0.0, 0.0], [0.2, 0.0, 0.1, 1e-2], [0.3, 0.5, 0.0, 1e-4]],
-                                    dtype=torch.float64, device=device)  # fmt: skip
-    torch.library.opcheck(op, tuple(members_form), test_utils=("test_schema", "test_faketensor"))
+    members_args = tuple([torch.randn(6, 5, device=device), torch.randn(9, device=device)] for _ in range(3))
+    kwargs["hyper"] = torch.tensor([[0.1, 0.9, 0.0, 0.0], [0.2, 0.0, 0.1, 1e-2], [0.3, 0.5, 0.0, 1e-4]],
+                                   dtype=torch.float64, device=device)  # fmt: skip
+    torch.library.opcheck(op, members_args, kwargs, test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize(("device", "backend"), [(d, b) for d, b in DEVICE_BACKENDS if b in _OP_OF_BACKEND])
@@ -88,7 +87,10 @@ def test_op_refuses_params_it_cannot_split_into_members(device, backend):
         (torch.zeros(4, 6, device=device).t(), "outermost"),
     ):
         with pytest.raises((RuntimeError, ValueError), match=why):
-            op([param], [torch.zeros_like(param)], [], 0.0, 0.0, 0.0, 0.0, False, False, False, False, None, table)
+            op(
+                [param], [torch.zeros_like(param)], [], lr=0.0, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                nesterov=False, maximize=False, decoupled_weight_decay=False, first_step=False, hyper=table,
+            )  # fmt: skip
 
 
 # Schedules that change the group's floats every step: OneCycleLR and CyclicLR cycle momentum too.

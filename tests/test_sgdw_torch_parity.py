@@ -224,8 +224,6 @@ def test_torch_sgd_keyword_arguments_are_accepted():
     opt = FusedSGDW([p], lr=0.1, foreach=True, fused=True, differentiable=False)
     group = opt.param_groups[0]
     assert (group["foreach"], group["fused"], group["differentiable"]) == (True, True, False)
-    with pytest.raises(ValueError, match="differentiable=True"):
-        FusedSGDW([p], lr=0.1, differentiable=True)
 
 
 # --- DTensor parameters and param groups over devices -----------------------------------------------
@@ -287,7 +285,10 @@ def test_triton_op_refuses_a_tensor_without_its_own_address(mesh):
 
     p = distribute_tensor(torch.zeros(8), mesh, [Shard(0)])
     with pytest.raises(ValueError, match="no address of its own"):
-        sgdw_triton_([p], [p.clone()], [], 0.1, 0.0, 0.0, 0.0, False, False, False, True)
+        sgdw_triton_(
+            [p], [p.clone()], [], lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+            maximize=False, decoupled_weight_decay=False, first_step=True,
+        )  # fmt: skip
 
 
 def test_one_group_over_two_devices_is_grouped_per_device():

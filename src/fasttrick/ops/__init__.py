@@ -1,7 +1,8 @@
 """FusedSGDW update backends: pure PyTorch (reference, foreach), Triton, and the C++/CUDA extension.
 
 `dispatch.resolve_backend(name, device)` is the one entry (per device: a tiny test launch decides);
-every backend function takes the arguments of the op schema in ops/library.py, in order.
+every backend function takes the arguments of the op schema in ops/library.py, hyper-parameters by keyword
+(`dispatch.SgdwBackend`).
 """
 
 from .dispatch import KERNEL_BACKENDS, BackendUnavailableError, available_backends, resolve_backend

@@ -1,6 +1,7 @@
 """One entry for every FusedSGDW backend: what can run on a device, and which function runs it.
 
-Every backend function takes the same arguments, in the order of the op schema (ops/library.py).
+Every backend function takes the arguments of the op schema (ops/library.py), hyper-parameters by keyword
+(`SgdwBackend`).
 
 A backend "can run" on a device when it imports or builds (the probes in _backend.py) AND a tiny launch
 of its update on that very device computes the right values (`_probe_launch`). The launch matters on
@@ -20,9 +21,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from collections.abc import Callable
+from typing import Protocol
 
 import torch
+from torch import Tensor
 
 from .. import _backend
 from . import library  # (defines the fasttrick:: op schemas before any kernel is registered)
@@ -42,7 +44,29 @@ _AUTO_ORDER = {
 }
 _DEFAULT_AUTO_ORDER = ("foreach", "reference")
 
-SgdwFn = Callable[..., None]
+
+class SgdwBackend(Protocol):
+    """Every backend function: the op schema's arguments (ops/library.py), hyper-parameters by keyword."""
+
+    def __call__(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        momentum_buffers: list[Tensor],
+        *,
+        lr: float,
+        momentum: float,
+        dampening: float,
+        weight_decay: float,
+        nesterov: bool,
+        maximize: bool,
+        decoupled_weight_decay: bool,
+        first_step: bool,
+        lr_tensor: Tensor | None = None,
+        hyper: Tensor | None = None,
+        grad_scale: Tensor | None = None,
+        found_inf: Tensor | None = None,
+    ) -> None: ...
 
 
 class BackendUnavailableError(RuntimeError):
@@ -53,7 +77,7 @@ class BackendFallbackWarning(UserWarning):
     """`auto` runs a slower backend than the device's best; the message names the cause and the fix."""
 
 
-def resolve_backend(name: str, device: str | torch.device) -> tuple[str, SgdwFn]:
+def resolve_backend(name: str, device: str | torch.device) -> tuple[str, SgdwBackend]:
     """(concrete backend name, update function) for `name` on `device` (a torch.device, or a device
     type such as "cuda", which means the current CUDA device)."""
     return _resolve(name, _concrete(device))
@@ -98,7 +122,7 @@ def _concrete(device: str | torch.device | None) -> torch.device:
 
 
 @functools.cache
-def _resolve(name: str, device: torch.device) -> tuple[str, SgdwFn]:
+def _resolve(name: str, device: torch.device) -> tuple[str, SgdwBackend]:
     if name not in KERNEL_BACKENDS:
         raise ValueError(f"unknown FusedSGDW backend {name!r}; choose one of {', '.join(KERNEL_BACKENDS)}")
     if name != "auto":
@@ -201,13 +225,16 @@ _PROBE_P, _PROBE_G = [1.0, 2.0, -4.0], [0.5, 0.25, 1.0]
 _PROBE_EXPECTED_B, _PROBE_EXPECTED_P = [1.0, 0.75, 1.5], [0.5, 1.625, -4.75]
 
 
-def _probe_launch(update: SgdwFn, device: torch.device) -> None:
+def _probe_launch(update: SgdwBackend, device: torch.device) -> None:
     """Runs `update` once on three fp32 values on `device` and checks the result; raises if it fails."""
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         p = torch.tensor(_PROBE_P, device=device)
         g = torch.tensor(_PROBE_G, device=device)
         b = torch.ones(3, device=device)
-        update([p], [g], [b], 0.5, 0.5, 0.0, 0.0, False, False, False, False)
+        update(
+            [p], [g], [b], lr=0.5, momentum=0.5, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
+            decoupled_weight_decay=False, first_step=False,
+        )  # fmt: skip
         got_p, got_b = p.tolist(), b.tolist()  # on CUDA: waits for the kernel, so its errors surface here
     if got_p != _PROBE_EXPECTED_P or got_b != _PROBE_EXPECTED_B:
         raise RuntimeError(
@@ -216,7 +243,7 @@ def _probe_launch(update: SgdwFn, device: torch.device) -> None:
 
 
 @functools.cache  # one function object per backend: the optimizer and the probes share it
-def _backend_function(name: str) -> SgdwFn:
+def _backend_function(name: str) -> SgdwBackend:
     if name == "reference":
         return sgdw_reference_
     if name == "foreach":

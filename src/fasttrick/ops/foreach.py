@@ -36,6 +36,7 @@ def sgdw_foreach_(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffers: list[Tensor],
+    *,
     lr: float,
     momentum: float,
     dampening: float,
@@ -53,8 +54,11 @@ def sgdw_foreach_(
     if not params:
         return
     if hyper is not None and hyper.dim() == 2:  # a member table
-        sgdw_reference_(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize,
-                        decoupled_weight_decay, first_step, lr_tensor, hyper, grad_scale, found_inf)  # fmt: skip
+        sgdw_reference_(
+            params, grads, momentum_buffers, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+            nesterov=nesterov, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, first_step=first_step,
+            lr_tensor=lr_tensor, hyper=hyper, grad_scale=grad_scale, found_inf=found_inf,
+        )  # fmt: skip
         return
     if hyper is not None:  # the schema's compiled form; the optimizer calls this backend with plain floats
         lr, momentum, dampening, weight_decay = hyper.tolist()

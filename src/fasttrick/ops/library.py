@@ -31,9 +31,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-# Argument order is the same for every backend function in ops/ (see ops/dispatch.py).
+# Every backend function in ops/ takes these arguments, hyper-parameters by keyword (ops/dispatch.py): the
+# op takes them keyword-only.
 SGDW_SCHEMA = (
-    "(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, float lr, float momentum, "
+    "(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, *, float lr, float momentum, "
     "float dampening, float weight_decay, bool nesterov, bool maximize, bool decoupled_weight_decay, "
     "bool first_step, Tensor? lr_tensor=None, Tensor? hyper=None, Tensor? grad_scale=None, "
     "Tensor? found_inf=None) -> ()"
@@ -48,6 +49,7 @@ for _name in ("sgdw_", "sgdw_triton_"):
         params,
         grads,
         momentum_buffers,
+        *,
         lr,
         momentum,
         dampening,
@@ -100,24 +102,26 @@ def members_are_blocks(param: Tensor, members: int) -> bool:
 
 
 def op_backend(op: Callable[..., None], eager: Callable[..., None] | None = None) -> Callable[..., None]:
-    """The backend function (ops/dispatch.py) of a custom op: eager calls pass the float hyper-parameters
-    as launch arguments (to `eager`, a direct Python impl that skips the dispatcher, if given); a call
-    being compiled packs them into the `hyper` tensor, so new values (a momentum cycled by OneCycleLR)
-    do not recompile: Dynamo traces the group's floats as graph inputs, as for torch.optim.SGD. A call
-    that brings its own `hyper` (a member table) passes it as it is."""
+    """The backend function (ops/dispatch.py, `SgdwBackend`) of a custom op: eager calls pass the float
+    hyper-parameters as launch arguments (to `eager`, a direct Python impl that skips the dispatcher, if
+    given); a call being compiled packs them into the `hyper` tensor, so new values (a momentum cycled by
+    OneCycleLR) do not recompile: Dynamo traces the group's floats as graph inputs, as for torch.optim.SGD.
+    A call that brings its own `hyper` (a member table) passes it as it is. Hyper-parameters by keyword."""
 
-    def call(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, *flags, **tensors) -> None:
+    def call(params, grads, momentum_buffers, *, lr, momentum, dampening, weight_decay, **rest) -> None:
+        floats = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
         if not torch.compiler.is_compiling():
-            (eager or op)(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, *flags, **tensors)
+            (eager or op)(params, grads, momentum_buffers, **floats, **rest)
             return
-        if tensors.get("hyper") is not None:
-            op(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, *flags, **tensors)
+        if rest.get("hyper") is not None:
+            op(params, grads, momentum_buffers, **floats, **rest)
             return
         device = params[0].device if params else torch.device("cpu")
         # Arithmetic on a tensor keeps a dynamic float symbolic; torch.tensor([...]) or torch.full would
         # specialise it (measured: 6 graphs for 6 momentum values, against 2 this way).
         one = torch.ones((), dtype=torch.float64, device=device)
         hyper = torch.stack([one * lr, one * momentum, one * dampening, one * weight_decay])
-        op(params, grads, momentum_buffers, 0.0, 0.0, 0.0, 0.0, *flags, **{**tensors, "hyper": hyper})
+        zeros = dict(lr=0.0, momentum=0.0, dampening=0.0, weight_decay=0.0)
+        op(params, grads, momentum_buffers, **zeros, **{**rest, "hyper": hyper})
 
     return call

@@ -35,6 +35,7 @@ def sgdw_reference_(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffers: list[Tensor],
+    *,
     lr: float,
     momentum: float,
     dampening: float,
@@ -63,6 +64,8 @@ def sgdw_reference_(
         opmath = momentum_dtype(param.dtype)
         lr_ = lr_tensor.to(opmath).reshape(()) if lr_tensor is not None else lr  # a 0-d temporary
         p = param.to(opmath)
+        if torch.is_grad_enabled():  # a differentiable step: `param` is written below, autograd keeps its value
+            p = p.clone()
         # Any layout works here: arithmetic makes new tensors and _store copies into the destination's
         # strides, so this is also FusedSGDW's per-tensor path for what the kernels cannot walk.
         g = (grad.to_dense() if grad.is_sparse else grad).to(opmath)
@@ -76,7 +79,8 @@ def sgdw_reference_(
                 d = d.add(p, alpha=weight_decay)
         b = None
         if has_momentum:
-            b = d.clone() if first_step else momentum_buffers[i] * momentum + d * (1 - dampening)
+            # A new buffer is detached from the graph, as torch.optim.SGD's (differentiable steps: identical grads).
+            b = d.detach().clone() if first_step else momentum_buffers[i] * momentum + d * (1 - dampening)
             d = d.add(b, alpha=momentum) if nesterov else b
         p = p - lr_ * d
 

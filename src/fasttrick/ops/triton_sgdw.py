@@ -301,6 +301,7 @@ def sgdw_triton_(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffers: list[Tensor],
+    *,
     lr: float,
     momentum: float,
     dampening: float,
@@ -320,8 +321,7 @@ def sgdw_triton_(
     has_momentum = bool(momentum_buffers)
     _check_arguments(params[0], momentum, has_momentum, len(momentum_buffers), lr_tensor, hyper, grad_scale, found_inf)
     per_member = hyper is not None and hyper.dim() == 2  # a member table: one row per member
-    members = hyper.shape[0] if hyper is not None and per_member else 1
-    tables = _launch_tables(params, grads, momentum_buffers, members)
+    tables = _launch_tables(params, grads, momentum_buffers, hyper.shape[0] if hyper is not None and per_member else 1)
     n_programs = tables.program_tensor.numel()
     if n_programs == 0:
         return

@@ -1,3 +1,6 @@
 from .sgdw import FusedSGDW
 
-__all__ = ["FusedSGDW"]
+# After the submodule `sgdw` is loaded (which binds its name here), the function takes the name.
+from .functional import PerTensorPathWarning, sgdw  # isort: skip
+
+__all__ = ["FusedSGDW", "PerTensorPathWarning", "sgdw"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, overload
 
@@ -11,34 +10,17 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..ops import momentum_dtype, resolve_backend, sgdw_reference_
-from ..ops.library import members_are_blocks
 from .checkpoint import MEMBER_TABLE, loaded_group, saved_group
+from .functional import concrete_backend, resolved_backend, sgdw
 from .members import (
     MEMBER_KEYS,
     _check_member_values,
     _check_members,
-    _dtensor_class,
     _install_member_table,
     _member_columns,
     _number,
 )
-from .tensors import (
-    _buffer_dtype,
-    _check_hyperparameters,
-    _check_lr_device,
-    _forget_buffers,
-    _has_buffers,
-    _kernel_takes,
-    _local_tensors,
-    _lr_arguments,
-)
-
-# The kernels' buffer dtype per param dtype (ops.momentum_dtype), as a dict: looked up per tensor per step.
-_BUFFER_DTYPE = {
-    dtype: momentum_dtype(dtype) for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-}
-_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.complex64, torch.complex128)
+from .tensors import _SUPPORTED_DTYPES, _buffer_dtype, _check_hyperparameters, _check_lr_device, _has_buffers
 
 
 class FusedSGDW(Optimizer):
@@ -70,7 +52,9 @@ class FusedSGDW(Optimizer):
         momentum, dampening, weight_decay, nesterov, maximize: as in :class:`torch.optim.SGD`.
         foreach, fused: accepted for torch.optim.SGD compatibility and select nothing: ``backend``
             chooses the implementation.
-        differentiable: only ``False``; a step that autograd can differentiate is not supported.
+        differentiable: as in :class:`torch.optim.SGD`: the step runs under autograd, through the
+            reference update (plain torch ops, no kernel), so a loss after the step can be
+            differentiated with respect to the params before it and to a tensor ``lr``.
         decoupled_weight_decay: decay the weights by ``lr * weight_decay`` directly (SGDW) instead
             of adding ``weight_decay * p`` to the gradient.
         backend: ``"auto"`` (fastest available for the device; never fails), or one of
@@ -122,11 +106,6 @@ class FusedSGDW(Optimizer):
         backend: str = "auto",
         members: int = 1,
     ) -> None:
-        if differentiable:
-            raise ValueError(
-                "FusedSGDW does not support differentiable=True (its kernels update in place outside autograd); "
-                "use torch.optim.SGD(..., differentiable=True) to differentiate through the step"
-            )
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -141,9 +120,6 @@ class FusedSGDW(Optimizer):
             backend=backend,
             members=members,
         )
-        # (backend, device) -> update function, resolved outside any compiled region (resolving probes
-        # imports and extensions, which torch.compile cannot trace); a plain attribute Dynamo reads.
-        self._backend_fns: dict[tuple[str, torch.device], Callable[..., None]] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -162,7 +138,7 @@ class FusedSGDW(Optimizer):
         for device in {p.device for p in group["params"]}:
             if members == 1:
                 _check_lr_device(group["lr"], device)
-            self._update_function(group["backend"], device)  # raises now if an explicit backend cannot run
+            resolved_backend(group["backend"], device)  # raises now if an explicit backend cannot run
 
     def set_member(
         self,
@@ -195,13 +171,6 @@ class FusedSGDW(Optimizer):
         for key, value in given.items():
             columns[key][member].fill_(value)  # a fill kernel on the device: no host sync
 
-    def _update_function(self, backend: str, device: torch.device) -> Callable[..., None]:
-        update = self._backend_fns.get((backend, device))
-        if update is None:  # params moved to a new device, or a group's backend changed, since __init__
-            update = resolve_backend(backend, device)[1]
-            self._backend_fns[(backend, device)] = update
-        return update
-
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         # An optimizer pickled by an earlier FusedSGDW may lack keys added since.
@@ -211,7 +180,7 @@ class FusedSGDW(Optimizer):
             group.setdefault("decoupled_weight_decay", False)
             group.setdefault("backend", self.defaults.get("backend", "auto"))
             group.setdefault("members", 1)
-        self._backend_fns = getattr(self, "_backend_fns", {})  # not pickled state: resolved again on use
+            group.setdefault("differentiable", False)
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state_dict, its param groups in torch.optim.SGD's format (see optim/checkpoint.py):
@@ -232,6 +201,14 @@ class FusedSGDW(Optimizer):
         state_dict at full precision afterwards.
         """
         saved_groups = state_dict["param_groups"]
+        for index, saved in enumerate(saved_groups):
+            if "momentum" not in saved:
+                kind = " (it has 'betas': an Adam-family optimizer's)" if "betas" in saved else ""
+                raise ValueError(
+                    f"FusedSGDW.load_state_dict: param group {index} of the state_dict has no 'momentum' (its keys: "
+                    f"{', '.join(sorted(saved))}){kind}; it is not a FusedSGDW or torch.optim.SGD state_dict. Load "
+                    "one saved by FusedSGDW or torch.optim.SGD, or start this optimizer afresh"
+                )
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
                 f"FusedSGDW: the state_dict has {len(saved_groups)} param groups, this optimizer "
@@ -268,8 +245,9 @@ class FusedSGDW(Optimizer):
     @overload
     def step(self, closure: Callable[[], float]) -> float: ...
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One step: per group, `_init_group` then `fasttrick.sgdw` (as torch/optim/sgd.py). A step that
+        raises keeps no momentum buffer it created (see docs/fused_sgdw.md, "A step that raises")."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -280,9 +258,34 @@ class FusedSGDW(Optimizer):
             # The one host read, on a step that would create momentum buffers: a skipped step changes
             # nothing, and must not leave new (unwritten) buffers behind. Other steps skip on the device.
             return loss
-        for group in self.param_groups:
-            self._step_group(group, grad_scale, found_inf)
+        # As torch's _use_grad_for_differentiable: autograd records the step only when differentiable.
+        with torch.set_grad_enabled(bool(self.defaults["differentiable"])):
+            self._step(grad_scale, found_inf)
         return loss
+
+    def _step(self, grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+        steps = []  # per group: (group, [(params, grads, momentum_buffers) of each sgdw call], has_momentum)
+        for group in self.param_groups:
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            buffers: list[Tensor | None] = []
+            rounds = self._init_group(group, params, grads, buffers)
+            steps.append((group, _split_rounds(params, grads, buffers, rounds), bool(buffers)))
+        for group, calls, _ in steps:
+            hyper = torch.stack(_member_columns(group), dim=1) if group["members"] > 1 else None
+            for params, grads, buffers in calls:
+                sgdw(
+                    params, grads, buffers, lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
+                    weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
+                    decoupled_weight_decay=group["decoupled_weight_decay"], backend=group["backend"],
+                    differentiable=group["differentiable"], hyper=hyper, grad_scale=grad_scale, found_inf=found_inf,
+                )  # fmt: skip
+        # Only now, every launch of every group having run: a step that raised kept no new buffer.
+        for _, calls, has_momentum in steps:
+            if has_momentum:
+                for params, _, buffers in calls:
+                    for p, buf in zip(params, buffers, strict=True):
+                        self.state[p]["momentum_buffer"] = buf
 
     def _creates_buffers(self) -> bool:
         return any(
@@ -291,74 +294,56 @@ class FusedSGDW(Optimizer):
             for p in group["params"]
         )
 
-    def _launch_calls(self, group: dict[str, Any], launches: dict, hyper: Tensor | None) -> list[tuple]:
-        """(update, params, grads, buffers, floats, first_step, lr_tensor, device) of each launch."""
-        calls = []
-        for (device, _, first_step, kernel), (ps, gs, bs) in launches.items():
-            update = self._update_function(group["backend"], device) if kernel else sgdw_reference_
-            if hyper is None:
-                lr_float, lr_tensor = _lr_arguments(group["lr"], device)
-                floats = (lr_float, group["momentum"], group["dampening"], group["weight_decay"])
-            else:  # the kernels read every member's values from `hyper`, the floats unused
-                lr_tensor, floats = None, (0.0, 0.0, 0.0, 0.0)
-            calls.append((update, ps, gs, bs, floats, first_step, lr_tensor, device))
-        return calls
-
-    def _step_group(self, group: dict[str, Any], grad_scale: Tensor | None, found_inf: Tensor | None) -> None:
+    def _init_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor | None]
+    ) -> tuple[int, ...] | None:
+        """Fills the lists with the group's params that have grads, their grads and their momentum buffers
+        (None where momentum starts now; none without momentum), as torch.optim.SGD's `_init_group` (which
+        torch.compile runs in Python, not traced). Returns None or, when a param is listed twice, each
+        entry's occurrence number (see `_split_rounds`)."""
         has_momentum = _has_buffers(group)
-        members = group["members"]
-        # The members' [K, 4] values for the kernels, gathered on the device (no host sync).
-        hyper = torch.stack(_member_columns(group), dim=1) if members > 1 else None
-        # (device, dtype, first_step, kernel) -> (params, grads, buffers), all plain local tensors. A
-        # tensor's first step does not read its buffer, so tensors starting now (step 1, or unfrozen
-        # later) go in a launch of their own; `kernel` False is the per-tensor path for what the
-        # kernels cannot walk (sparse grads, strided views, grads laid out unlike their param).
-        launches: dict[tuple[torch.device, torch.dtype, bool, bool], tuple[list[Tensor], list[Tensor], list[Tensor]]]
-        launches = defaultdict(lambda: ([], [], []))
-        created: list[Tensor] = []
-        dtensor = _dtensor_class()
-        try:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                first_step = False
-                buf = None
-                if has_momentum:
-                    state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        # A member with momentum 0 never writes its part: zeros, not whatever memory held.
-                        new_buffer = torch.zeros_like if members > 1 else torch.empty_like
-                        buf = new_buffer(p, dtype=_buffer_dtype(p), memory_format=torch.preserve_format)
-                        state["momentum_buffer"] = buf
-                        created.append(p)
-                        first_step = True
-                param, grad = p, p.grad
-                if p.is_complex() or isinstance(p, dtensor) or isinstance(grad, dtensor) or isinstance(buf, dtensor):
-                    param, grad, buf = _local_tensors(param, grad, buf, dtensor)
-                kernel = _kernel_takes(param, grad, buf) and members_are_blocks(param, members)
-                lists = launches[(param.device, param.dtype, first_step, kernel)]
-                lists[0].append(param)
-                lists[1].append(grad)
-                if buf is not None:
-                    lists[2].append(buf)
-            calls = self._launch_calls(group, launches, hyper)
-        except Exception:
-            _forget_buffers(self.state, created)  # refused before any launch: no unwritten buffer stays
-            raise
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            params.append(p)
+            grads.append(p.grad)
+            if has_momentum:
+                momentum_buffers.append(self.state[p].get("momentum_buffer") if p in self.state else None)
+        ids = [id(p) for p in params]
+        if len(set(ids)) == len(ids):
+            return None
+        seen: dict[int, int] = {}
+        rounds = []
+        for key in ids:
+            seen[key] = seen.get(key, -1) + 1
+            rounds.append(seen[key])
+        return tuple(rounds)
 
-        for update, ps, gs, bs, floats, first_step, lr_tensor, device in calls:  # launched after every check
-            update(
-                ps,
-                gs,
-                bs,
-                *floats,
-                group["nesterov"],
-                group["maximize"],
-                group["decoupled_weight_decay"],
-                first_step,
-                lr_tensor=lr_tensor,
-                hyper=hyper,
-                grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
-                found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True),
-            )
+    def backends(self) -> list[dict[tuple[torch.device, torch.dtype], str]]:
+        """Per param group, the backend that runs each (device, dtype) of its params, e.g.
+        ``[{(device("cpu"), torch.float32): "cpu"}]`` ("reference" where ``differentiable=True``). Tensors
+        the kernels cannot walk take the per-tensor path whatever this says (a PerTensorPathWarning tells)."""
+        return [
+            {
+                (p.device, p.dtype): concrete_backend(group["backend"], p.device, group["differentiable"])
+                for p in group["params"]
+            }
+            for group in self.param_groups
+        ]
+
+
+def _split_rounds(
+    params: list[Tensor], grads: list[Tensor], buffers: list[Tensor | None], rounds: tuple[int, ...] | None
+) -> list[tuple[list[Tensor], list[Tensor], list[Tensor | None]]]:
+    """The `sgdw` calls of a group: one, or where a param is listed twice, one per occurrence (its k-th
+    occurrences in the k-th call, each with the buffer the step started with), so that it is updated twice
+    as torch.optim.SGD updates it, and no launch holds a tensor twice."""
+    if rounds is None:
+        return [(params, grads, buffers)]
+    calls: list[tuple[list[Tensor], list[Tensor], list[Tensor | None]]] = [([], [], []) for _ in range(max(rounds) + 1)]
+    for index, round_ in enumerate(rounds):
+        calls[round_][0].append(params[index])
+        calls[round_][1].append(grads[index])
+        if buffers:
+            calls[round_][2].append(buffers[index])
+    return calls

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..ops import KERNEL_BACKENDS, momentum_dtype
-from ..ops.library import kernel_can_walk
+from ..ops.library import kernel_can_walk, members_are_blocks
 from .checkpoint import MEMBER_TABLE
 from .members import (
     _NON_NEGATIVE,
@@ -25,9 +25,19 @@ _BUFFER_DTYPE = {
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.complex64, torch.complex128)
 
 
-def _forget_buffers(state: dict[Tensor, dict[str, Any]], params: list[Tensor]) -> None:
-    for p in params:
-        del state[p]["momentum_buffer"]
+def _slow_path_cause(param: Tensor, grad: Tensor, buf: Tensor | None, members: int) -> str:
+    """Why the kernels cannot walk this tensor (see _kernel_takes), in words for PerTensorPathWarning."""
+    if grad.layout is not torch.strided:
+        return f"a {grad.layout} grad"
+    if grad.dtype != param.dtype:
+        return f"a {grad.dtype} grad for a {param.dtype} param"
+    if not members_are_blocks(param, members):
+        return "a param whose member blocks are not consecutive in memory (dim 0 not outermost)"
+    if not kernel_can_walk(param, param):
+        return "a param that is a strided view (not dense in memory, e.g. a slice of a larger tensor)"
+    if buf is not None and not kernel_can_walk(param, buf):
+        return "a momentum buffer laid out unlike its param"
+    return "a grad laid out unlike its param (e.g. an expanded or transposed grad)"
 
 
 def _kernel_takes(param: Tensor, grad: Tensor, buf: Tensor | None) -> bool:
@@ -75,12 +85,17 @@ def _local_tensors(
     return param, grad, buf
 
 
-def _lr_arguments(lr: float | Tensor, device: torch.device) -> tuple[float, Tensor | None]:
+def _lr_arguments(
+    lr: float | Tensor, device: torch.device, differentiable: bool = False
+) -> tuple[float, Tensor | None]:
     """The backends' (lr, lr_tensor) for a launch on `device`: a float as is; a tensor on the device
-    as is (the caller's own, read by the kernel, no copy); a CPU tensor read on the host."""
+    as is (the caller's own, read by the kernel, no copy); a CPU tensor read on the host. A differentiable
+    step keeps the tensor as it is, so that autograd sees the lr."""
     if not isinstance(lr, Tensor):
         return lr, None
     _check_lr_device(lr, device)
+    if differentiable:
+        return 0.0, lr
     if lr.device != device:  # a CPU lr for accelerator params: reading it costs no device sync
         return lr.item(), None
     if lr.dtype not in (torch.float32, torch.float64):  # kernels read fp32/fp64; fp16/bf16 widen exactly
@@ -117,6 +132,8 @@ def _check_hyperparameters(group: dict[str, Any]) -> None:
                 f"FusedSGDW: {key} must be a number (lr: or a one-element tensor), got {type(value).__name__}; "
                 "a value per member takes members=K"
             )
+        if isinstance(value, Tensor):
+            value = value.detach()  # an lr a differentiable step is taken with respect to
         if key in _NON_NEGATIVE and not float(value) >= 0.0:
             raise ValueError(f"Invalid {_NON_NEGATIVE[key]}: {value}")
     if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
