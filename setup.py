@@ -119,9 +119,15 @@ else:
                     f"with `pip install -v` to see the compiler; to skip it: {SKIP_HINT[ext.name]}"
                 )
                 _warn(error)
-            record = Path(self.get_ext_fullpath(ext.name)).parent / f"{ext.name.rpartition('.')[2]}.build.json"
-            record.parent.mkdir(parents=True, exist_ok=True)
-            record.write_text(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "error": error}))
+            folders = {Path(self.get_ext_fullpath(ext.name)).parent}
+            if getattr(self, "editable_mode", False):  # `pip install -e`: the kernel is copied into src/ too
+                inplace, self.inplace = self.inplace, True
+                folders.add(Path(self.get_ext_fullpath(ext.name)).parent)
+                self.inplace = inplace
+            text = json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "error": error})
+            for folder in folders:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{ext.name.rpartition('.')[2]}.build.json").write_text(text)
 
     cxx_flags = ["-O3"]  # torch adds its own -std (C++17 up to 2.9, C++20 since)
     if not _flag("FASTTRICK_SKIP_CPU_EXT"):

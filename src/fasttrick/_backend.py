@@ -134,5 +134,5 @@ def study_extra_error() -> str | None:
         return None
     return (
         f"the study runner needs {', '.join(missing)}, which the optimizer alone does not install: "
-        'pip install "fasttrick[study]" (from a checkout: pip install --no-build-isolation -e ".[study]")'
+        'pip install "fasttrick[study]" (from a checkout: pip install ".[study]")'
     )

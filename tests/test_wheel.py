@@ -1,0 +1,110 @@
+"""The package as a user installs it: a wheel built from the checkout with build isolation on (pip's default),
+installed into a fresh venv that has torch, imported from outside the checkout. CUDA_HOME is unset, as on a
+machine whose nvcc is on PATH without it; the kernels must be built against the venv's own torch.
+
+Slow (a few minutes on 2 cores: torch into the venv, the C++ kernel, and the CUDA kernel where nvcc is found).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# Build outputs and local state of a working checkout, which a fresh clone lacks.
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "dist", "*.egg-info", "__pycache__", "*.so", "*.build.json", "runs"
+)
+BUILDS_CUDA = torch.version.cuda is not None and shutil.which("nvcc") is not None
+
+
+def _run(args: list[str], cwd: Path, **env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CUDA_HOME", "CUDA_PATH", "VIRTUAL_ENV")}
+    out = subprocess.run(args, cwd=cwd, env={**clean, **env}, capture_output=True, text=True, timeout=1500)
+    assert out.returncode == 0, f"{args}\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    return out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(the venv's python, the wheel, a folder outside the checkout)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "fasttrick"
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
+    # A kernel left in build/lib by an earlier build must not reach the wheel.
+    stale = source / "build" / "lib.stale" / "fasttrick" / "_C_cuda.stale.so"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("stale")
+    venv = tmp / "venv"
+    _run([sys.executable, "-m", "venv", str(venv)], tmp)
+    python = venv / "bin" / "python"
+    _run([str(python), "-m", "pip", "install", "-q", f"torch=={importlib.metadata.version('torch')}"], tmp)
+    # TORCH_CUDA_ARCH_LIST: one target keeps the CUDA build under a minute; the default list is setup.py's.
+    build_env = {"MAX_JOBS": "2", "TORCH_CUDA_ARCH_LIST": "9.0"}
+    log = _run(
+        [str(python), "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp / "dist"), str(source)], tmp, **build_env
+    )
+    assert "Collecting setuptools" in log and "Collecting torch" not in log  # no second torch for the build
+    (wheel,) = (tmp / "dist").glob("fasttrick-*.whl")
+    _run([str(python), "-m", "pip", "install", "-q", f"{wheel}[study]"], tmp)
+    outside = tmp / "elsewhere"
+    outside.mkdir()
+    return python, wheel, outside
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_this_builds_kernels_and_the_studies(installed):
+    _, wheel, _ = installed
+    names = zipfile.ZipFile(wheel).namelist()
+    kernels = sorted(n for n in names if n.endswith(".so"))
+    assert [k.split(".")[0] for k in kernels] == ["fasttrick/_C", *(["fasttrick/_C_cuda"] if BUILDS_CUDA else [])]
+    assert not any("stale" in n for n in names)
+    assert {f"fasttrick/configs/{p.name}" for p in (ROOT / "configs").glob("*.yaml")} <= set(names)
+    record = json.loads(zipfile.ZipFile(wheel).read("fasttrick/_C.build.json"))
+    assert record["torch"] == torch.__version__ and record["error"] is None  # the venv's torch, not a newer one
+
+
+@pytest.mark.slow
+def test_the_installed_package_works_from_outside_the_checkout(installed):
+    python, _, outside = installed
+    env_report = _run([str(python), "-m", "fasttrick.env"], outside)
+    assert "fasttrick._C (prebuilt)" in env_report
+    if BUILDS_CUDA:
+        assert "fasttrick._C_cuda (prebuilt)" in env_report
+    listing = _run([str(python), "-m", "fasttrick.train", "--list"], outside)
+    assert "group1" in listing and "smoke" in listing
+    dry = _run([str(python), "-m", "fasttrick.train", "--config", "group1", "--dry-run"], outside)
+    assert "sgd" in dry
+    _run([str(python), "-m", "fasttrick.train", "--config", "configs/smoke.yaml", "--dry-run"], outside)
+    assert not (outside / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_kernel_built_against_another_torch_is_refused_and_auto_falls_back(installed):
+    python, _, outside = installed
+    check = (
+        "import json, pathlib, warnings, torch, fasttrick\n"
+        "record = pathlib.Path(fasttrick.__file__).parent / '_C.build.json'\n"
+        "record.write_text(json.dumps({**json.loads(record.read_text()), 'torch': '2.0.0'}))\n"
+        "from fasttrick import FusedSGDW, _backend\n"
+        "print(_backend.extension_probe('cpu'))\n"
+        "p = torch.ones(4, requires_grad=True)\n"
+        "p.grad = torch.ones(4)\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    FusedSGDW([p], lr=0.5).step()\n"
+        "assert p.tolist() == [0.5] * 4, p\n"
+        "print('WARNED', [str(w.message) for w in caught])\n"
+    )
+    out = _run([str(python), "-c", check], outside)
+    assert "available=False" in out and "built against torch 2.0.0" in out and "--force-reinstall" in out
+    assert "WARNED" in out and "built against torch 2.0.0" in out.split("WARNED", 1)[1]
