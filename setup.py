@@ -7,7 +7,8 @@ src/fasttrick/ops/library.py:
   fasttrick._C       CPU kernel  (csrc/sgdw_cpu.cpp)
   fasttrick._C_cuda  CUDA kernel (csrc/sgdw_cuda.cu), built when nvcc and a CUDA build of torch are found
 
-A kernel that cannot be built is skipped with a warning, never failing the install; each attempted kernel
+A kernel that cannot be built is skipped with a warning, never failing an install (`setup.py build_ext
+--inplace`, kernel work, does fail); each attempted kernel
 leaves a record beside it (fasttrick/<module>.build.json: the torch it was built against, or why it was not
 built), which fasttrick._backend reads before loading it. The study configs (configs/*.yaml at the root of
 the checkout) ship inside the package as fasttrick/configs.
@@ -107,11 +108,30 @@ else:
         """Builds each kernel; one that fails is skipped with a warning naming the fix, and every kernel
         attempted leaves <module>.build.json: the torch it was built against, or why it was not built."""
 
+        def build_extensions(self):
+            try:
+                super().build_extensions()
+            except Exception as exc:
+                # torch checks the CUDA toolkit (found, its version against torch's) before building anything; a
+                # failure there is the CUDA kernel's alone: build the others without it.
+                cuda = [ext for ext in self.extensions if ext.name == "fasttrick._C_cuda"]
+                if not cuda:
+                    raise
+                self._record(cuda[0], exc)
+                self.extensions = [ext for ext in self.extensions if ext not in cuda]
+                super().build_extensions()
+
         def build_extension(self, ext):
-            error = None
             try:
                 super().build_extension(ext)
             except Exception as exc:  # a compiler or linker failure: the package works without this kernel
+                self._record(ext, exc)
+            else:
+                self._record(ext, None)
+
+        def _record(self, ext, exc: Exception | None) -> None:
+            error = None
+            if exc is not None:
                 reason = " ".join(str(exc).split())[-300:]
                 error = (
                     f"{ext.name} could not be built ({type(exc).__name__}: {reason}); to build it, set CUDA_HOME to "
@@ -128,6 +148,9 @@ else:
             for folder in folders:
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / f"{ext.name.rpartition('.')[2]}.build.json").write_text(text)
+            if error and self.inplace and not getattr(self, "editable_mode", False):
+                # `setup.py build_ext --inplace` is kernel work (.ci/build-inplace.sh): there a failure is the news
+                raise SystemExit(f"fasttrick: {error}")
 
     cxx_flags = ["-O3"]  # torch adds its own -std (C++17 up to 2.9, C++20 since)
     if not _flag("FASTTRICK_SKIP_CPU_EXT"):

@@ -50,7 +50,7 @@ COMMANDS = {
     "python scripts/mutation.py claims --jobs 2": "minutes: it reruns test files per mutant",
     "python scripts/mutation.py reference --jobs 2": "minutes: it reruns test files per mutant",
     "python scripts/mutation.py claims --list": RUN,
-    "python -m fasttrick.train --config configs/group1.yaml [--profile quick|faithful] [--out DIR] [--epochs N]": (
+    "python -m fasttrick.train --config NAME|FILE [--profile quick|faithful] [--out DIR] [--epochs N]": (
         "a synopsis, not a command"
     ),
     "python -m fasttrick.train --config configs/smoke.yaml --workers 2": DRY,

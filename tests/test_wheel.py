@@ -108,3 +108,39 @@ def test_a_kernel_built_against_another_torch_is_refused_and_auto_falls_back(ins
     out = _run([str(python), "-c", check], outside)
     assert "available=False" in out and "built against torch 2.0.0" in out and "--force-reinstall" in out
     assert "WARNED" in out and "built against torch 2.0.0" in out.split("WARNED", 1)[1]
+
+
+FAKE_NVCC = """#!/bin/sh
+if [ "$1" = --version ]; then echo "Cuda compilation tools, release {release}, V{release}.1"; exit 0; fi
+echo "nvcc: this toolkit compiles nothing" >&2
+exit 1
+"""
+
+
+def _other_major(cuda: str | None) -> str:
+    return "11.8" if (cuda or "").startswith("12") else "12.8"
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="a CPU-only torch builds no CUDA kernel")
+@pytest.mark.parametrize("release", [_other_major(torch.version.cuda), torch.version.cuda], ids=["mismatch", "fails"])
+def test_a_cuda_kernel_that_cannot_be_built_is_skipped_with_one_warning(release, tmp_path):
+    """A toolkit of another CUDA major version (torch refuses it before compiling), or one whose nvcc fails: the
+    wheel is built without the CUDA kernel, one warning names the fix, and the record says why."""
+    source = tmp_path / "fasttrick"
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
+    toolkit = tmp_path / "cuda"
+    (toolkit / "include").mkdir(parents=True)
+    (toolkit / "include" / "cuda_runtime.h").write_text("")
+    (toolkit / "bin").mkdir()
+    (toolkit / "bin" / "nvcc").write_text(FAKE_NVCC.format(release=release))
+    (toolkit / "bin" / "nvcc").chmod(0o755)
+    (tmp_path / "dist").mkdir()
+    build = "import sys\nsys.path.insert(0, 'build_backend')\nimport fasttrick_build\nfasttrick_build.build_wheel(sys.argv[1])\n"
+    env = {"CUDA_HOME": str(toolkit), "FASTTRICK_SKIP_CPU_EXT": "1", "TORCH_CUDA_ARCH_LIST": "9.0"}
+    log = _run([sys.executable, "-c", build, str(tmp_path / "dist")], source, **env)
+    assert log.count("WARNING fasttrick") == 1 and "FASTTRICK_SKIP_CUDA_EXT=1" in log, log[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("fasttrick-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not any(name.endswith(".so") for name in names)
+    record = json.loads(zipfile.ZipFile(wheel).read("fasttrick/_C_cuda.build.json"))
+    assert "could not be built" in record["error"] and record["torch"] == torch.__version__
