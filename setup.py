@@ -49,7 +49,9 @@ def _flag(name: str) -> bool:
 
 
 def _warn(message: str) -> None:
-    print(f"WARNING fasttrick: {message}", file=sys.stderr, flush=True)
+    # setup.py also runs for pip's metadata and requirement queries (egg_info, dist_info): warn once, when building.
+    if {"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install"} & set(sys.argv[1:]):
+        print(f"WARNING fasttrick: {message}", file=sys.stderr, flush=True)
 
 
 def _find_cuda_home() -> str | None:
@@ -108,6 +110,13 @@ else:
         """Builds each kernel; one that fails is skipped with a warning naming the fix, and every kernel
         attempted leaves <module>.build.json: the torch it was built against, or why it was not built."""
 
+        def run(self):
+            # setuptools builds into build/lib and copies into src/ afterwards (--inplace, `pip install -e`), with
+            # self.inplace off meanwhile: remember where the kernels end up.
+            self.into_source = bool(self.inplace) or getattr(self, "editable_mode", False)
+            self.install_build = not self.inplace  # bdist_wheel or `pip install -e`, not kernel work
+            super().run()
+
         def build_extensions(self):
             try:
                 super().build_extensions()
@@ -140,7 +149,7 @@ else:
                 )
                 _warn(error)
             folders = {Path(self.get_ext_fullpath(ext.name)).parent}
-            if getattr(self, "editable_mode", False):  # `pip install -e`: the kernel is copied into src/ too
+            if self.into_source:
                 inplace, self.inplace = self.inplace, True
                 folders.add(Path(self.get_ext_fullpath(ext.name)).parent)
                 self.inplace = inplace
@@ -148,7 +157,7 @@ else:
             for folder in folders:
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / f"{ext.name.rpartition('.')[2]}.build.json").write_text(text)
-            if error and self.inplace and not getattr(self, "editable_mode", False):
+            if error and not self.install_build:
                 # `setup.py build_ext --inplace` is kernel work (.ci/build-inplace.sh): there a failure is the news
                 raise SystemExit(f"fasttrick: {error}")
 
