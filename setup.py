@@ -27,9 +27,8 @@ first use (in a checkout), or falls back to the Triton / foreach backends.
 
 import json
 import os
-import re
+import runpy
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -54,30 +53,6 @@ def _warn(message: str) -> None:
         print(f"WARNING fasttrick: {message}", file=sys.stderr, flush=True)
 
 
-def _find_cuda_home() -> str | None:
-    """torch guesses CUDA_HOME as the parent of `which nvcc`'s folder; with a wrapper script such as
-    /usr/local/bin/nvcc that is /usr/local, where no libcudart is, and the link fails. nvcc's own --dryrun
-    prints its real toolkit (TOP=...)."""
-    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
-        return os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    candidates = []
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        try:
-            dry = subprocess.run([nvcc, "--dryrun", "-c", "x.cu"], capture_output=True, text=True, timeout=60)
-            top = re.search(r"^#\$ TOP=(.+)$", dry.stdout + dry.stderr, re.MULTILINE)
-            if top:
-                candidates.append(Path(top.group(1).strip()).resolve())
-        except (OSError, subprocess.SubprocessError):
-            pass
-        candidates.append(Path(nvcc).resolve().parents[1])
-    candidates.append(Path("/usr/local/cuda"))
-    for home in candidates:
-        if (home / "bin" / "nvcc").exists() and (home / "include" / "cuda_runtime.h").exists():
-            return str(home)
-    return None
-
-
 class CleanBuild(build):
     """Starts every wheel from an empty build/lib: a kernel left there by an earlier build (a _C_cuda built
     before FASTTRICK_SKIP_CUDA_EXT=1 was set) would otherwise be packed into this wheel."""
@@ -92,7 +67,10 @@ packages = find_packages("src")
 package_dir = {"": "src", "fasttrick.configs": "configs"}
 ext_modules = []
 cmdclass = {"build": CleanBuild}
-cuda_home = _find_cuda_home()
+# The toolkit search, shared with the JIT build (fasttrick._backend); by path: the package is not importable here.
+cuda_home = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "src/fasttrick/_toolkit.py"))[
+    "find_cuda_home"
+]()
 if cuda_home:
     os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension when imported, below
 

@@ -158,3 +158,26 @@ def test_a_cuda_kernel_that_cannot_be_built_is_skipped_with_one_warning(release,
     assert not any(name.endswith(".so") for name in names)
     record = json.loads(zipfile.ZipFile(wheel).read("fasttrick/_C_cuda.build.json"))
     assert "could not be built" in record["error"] and record["torch"] == torch.__version__
+
+
+def test_the_toolkit_of_a_wrapper_nvcc_is_found_without_cuda_home(tmp_path, monkeypatch):
+    """A wrapper script on PATH (as /usr/local/bin/nvcc execs /usr/local/cuda-13.0/bin/nvcc): torch would guess
+    the wrapper's parent; the toolkit is the one nvcc --dryrun names."""
+    from fasttrick._toolkit import find_cuda_home
+
+    toolkit = tmp_path / "cuda-13.0"
+    (toolkit / "include").mkdir(parents=True)
+    (toolkit / "include" / "cuda_runtime.h").write_text("")
+    (toolkit / "bin").mkdir()
+    (toolkit / "bin" / "nvcc").write_text(f'#!/bin/sh\necho "#$ TOP={toolkit}/bin/.."\n')
+    wrapper = tmp_path / "local" / "bin" / "nvcc"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text(f'#!/bin/sh\nexec {toolkit}/bin/nvcc "$@"\n')
+    for script in (wrapper, toolkit / "bin" / "nvcc"):
+        script.chmod(0o755)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    assert find_cuda_home() == str(toolkit)
+    monkeypatch.setenv("CUDA_HOME", "/opt/my-cuda")
+    assert find_cuda_home() == "/opt/my-cuda"

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ._toolkit import find_cuda_home
+
 _CSRC = Path(__file__).resolve().parents[2] / "csrc"  # present in a source checkout (editable install)
 _EXTENSIONS = {
     "cpu": ("fasttrick._C", ["sgdw_cpu.cpp"]),
@@ -84,6 +86,9 @@ def extension_probe(kind: str) -> Probe:
     try:
         from torch.utils import cpp_extension
 
+        if kind == "cuda" and not os.environ.get("CUDA_HOME") and (home := find_cuda_home()):
+            # torch computed its guess when cpp_extension was imported; a wrapper nvcc makes it /usr/local
+            os.environ["CUDA_HOME"] = cpp_extension.CUDA_HOME = home
         cpp_extension.load(
             name=f"fasttrick_jit_{kind}",
             sources=[str(_CSRC / s) for s in sources],
