@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from ._toolkit import find_cuda_home
 
 _CSRC = Path(__file__).resolve().parents[2] / "csrc"  # present in a source checkout (editable install)
 _EXTENSIONS = {
@@ -66,6 +69,8 @@ def extension_probe(kind: str) -> Probe:
     module, sources = _EXTENSIONS[kind]
     if os.environ.get("FASTTRICK_PREBUILT", "1") == "0":
         prebuilt_error = f"{module} skipped (FASTTRICK_PREBUILT=0)"
+    elif (refusal := _build_refusal(module)) is not None:
+        prebuilt_error = refusal
     else:
         try:
             importlib.import_module(module)
@@ -81,6 +86,9 @@ def extension_probe(kind: str) -> Probe:
     try:
         from torch.utils import cpp_extension
 
+        if kind == "cuda" and not os.environ.get("CUDA_HOME") and (home := find_cuda_home()):
+            # torch computed its guess when cpp_extension was imported; a wrapper nvcc makes it /usr/local
+            os.environ["CUDA_HOME"] = cpp_extension.CUDA_HOME = home
         cpp_extension.load(
             name=f"fasttrick_jit_{kind}",
             sources=[str(_CSRC / s) for s in sources],
@@ -92,6 +100,28 @@ def extension_probe(kind: str) -> Probe:
     except Exception as exc:
         return Probe(False, f"{prebuilt_error}; JIT build failed: {type(exc).__name__}: {exc}")
     return Probe(True, "JIT-built with ninja (torch extensions cache)")
+
+
+REBUILD = "pip install --force-reinstall --no-deps <fasttrick checkout or sdist>"
+
+
+def _build_refusal(module: str) -> str | None:
+    """Why the prebuilt `module` must not be loaded, from the record its build left beside it (setup.py):
+    built against another torch (whose C++ ABI it need not match), or not built at all. None: load it.
+    A module without a record (built by an older setup.py) is tried; a broken one fails its import."""
+    record_file = Path(__file__).resolve().parent / f"{module.rpartition('.')[2]}.build.json"
+    try:
+        record = json.loads(record_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("error"):
+        return f"{module} was not built at install: {record['error']}"
+    if record.get("torch") != torch.__version__:
+        return (
+            f"{module} was built against torch {record.get('torch')}, but this is torch {torch.__version__}: "
+            f"rebuild it with `{REBUILD}` (in a checkout: bash .ci/build-inplace.sh)"
+        )
+    return None
 
 
 def study_extra_error() -> str | None:
@@ -109,5 +139,5 @@ def study_extra_error() -> str | None:
         return None
     return (
         f"the study runner needs {', '.join(missing)}, which the optimizer alone does not install: "
-        'pip install "fasttrick[study]" (from a checkout: pip install --no-build-isolation -e ".[study]")'
+        'pip install "fasttrick[study]" (from a checkout: pip install ".[study]")'
     )

@@ -63,8 +63,11 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--config", required=True, type=Path, metavar="FILE", help="grid file (YAML), e.g. configs/group1.yaml"
+        "--config",
+        metavar="NAME|FILE",
+        help="a built-in study by name (e.g. group1; see --list) or a grid file (YAML), e.g. my_grid.yaml",
     )
+    p.add_argument("--list", action="store_true", help="list the built-in studies, one line each, and exit")
     p.add_argument(
         "--out",
         type=Path,
@@ -194,12 +197,9 @@ def describe(grid, selected, out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ._backend import study_extra_error
-
-    if (missing := study_extra_error()) is not None:  # `pip install fasttrick` alone: the optimizer only
-        print(f"python -m fasttrick.train: {missing}", file=sys.stderr)
-        return 2
-    args = parser().parse_args(argv)
+    args = _arguments(argv)
+    if isinstance(args, int):  # nothing to train: the exit status
+        return args
     # Imports after parsing: --help does not wait for the engine, data and Ray modules.
     from .config import ConfigError
     from .data import DataSourceError
@@ -253,6 +253,31 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
     return _report_statuses(statuses)
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace | int:
+    """The parsed arguments, --config NAME|FILE made the grid file; or the exit status when there is nothing to
+    train: the study extra missing (2), --list printed the built-in studies (0), an unknown study (2, listed)."""
+    from . import studies
+    from ._backend import study_extra_error
+
+    if (missing := study_extra_error()) is not None:  # `pip install fasttrick` alone: the optimizer only
+        print(f"python -m fasttrick.train: {missing}", file=sys.stderr)
+        return 2
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.list:
+        print(f"built-in studies (python -m fasttrick.train --config NAME), in {studies.config_dir()}:")
+        print(studies.listing())
+        return 0
+    if args.config is None:
+        cli.error("--config NAME|FILE is required (python -m fasttrick.train --list shows the built-in studies)")
+    try:
+        args.config = studies.resolve(args.config)
+    except studies.UnknownStudy as err:
+        print(err, file=sys.stderr)
+        return 2
+    return args
 
 
 def _dry_run(grid, selected, out: Path, fresh: bool, fuse: str | int) -> int:
