@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Interrupted):
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
-    return _report_statuses(statuses)
+    return _report_statuses(statuses, out)
 
 
 def _command_line_layers(args: argparse.Namespace) -> dict:
@@ -285,10 +285,14 @@ def _dry_run(grid, selected, out: Path, fresh: bool, fuse: str | int) -> int:
     return 0
 
 
-def _report_statuses(statuses: dict[str, RunStatus]) -> int:
-    """Prints how the grid's runs ended; the exit code: 1 if any failed or was interrupted, else 0."""
+def _report_statuses(statuses: dict[str, RunStatus], out: Path) -> int:
+    """Prints how the grid's runs ended and where to look next; the exit code: 1 if any failed or was
+    interrupted, else 0."""
     counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
     print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if (out / "summary.md").is_file():
+        print(f"summary: {out / 'summary.md'}  plots: {out / 'plots'}/")
+        print(f"report (with the study's claims): python -m fasttrick.report {out}")
     if RunStatus.INTERRUPTED in statuses.values():
         print("interrupted runs resume from their last checkpoint: rerun the same command", file=sys.stderr)
     return 1 if {RunStatus.FAILED, RunStatus.INTERRUPTED} & set(statuses.values()) else 0

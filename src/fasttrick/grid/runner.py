@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import TERMINAL, EpochHook, RunStatus, Session, read_status
+from ..runfiles import format_duration, read_metrics
 from .arrays import Unit, plan_units
 from .execute import execute_unit
 from .expand import Grid, GridRun
@@ -183,13 +184,29 @@ def _run_here(
     units: Sequence[Unit], out: Path, session: Session, on_epoch_end: EpochHook | None
 ) -> dict[str, RunStatus]:
     statuses: dict[str, RunStatus] = {}
+    start = time.perf_counter()
     for index, unit in enumerate(units, start=1):
         log_prefix = f"[{index}/{len(units)}] {unit.name}"
         session.log(log_prefix)
-        start = time.perf_counter()
+        unit_start = time.perf_counter()
         statuses.update(execute_unit(unit, out, session, on_epoch_end=on_epoch_end))
         ended = ", ".join(
             f"{statuses[run.name]}" if not unit.fused else f"{run.name} {statuses[run.name]}" for run in unit.runs
         )
-        session.log(f"{log_prefix}: {ended} in {time.perf_counter() - start:.1f} s")
+        session.log(f"{log_prefix}: {ended}{_wall_time(out, unit, time.perf_counter() - unit_start)}")
+        if index < len(units):
+            left, mean = len(units) - index, (time.perf_counter() - start) / index
+            session.log(
+                f"grid ETA {format_duration(left * mean)} ({left} left at the {format_duration(mean)} each so far)"
+            )
     return statuses
+
+
+def _wall_time(out: Path, unit: Unit, seconds: float) -> str:
+    """The run's wall time as summary.md gives it (training and evaluation, from its metrics), and the unit's
+    whole time here (model build, data, compile included)."""
+    rows = read_metrics(out / unit.runs[0].name / "metrics.jsonl")
+    if not rows or rows[-1].get("elapsed_seconds") is None:
+        return f" in {format_duration(seconds)}"
+    wall = format_duration(float(rows[-1]["elapsed_seconds"]))
+    return f": wall time {wall} (as in summary.md), {format_duration(seconds)} with set-up"

@@ -1,0 +1,65 @@
+"""Progress people expect: the run's ETA in every plain epoch line (from measured epoch times), the grid's ETA
+between runs, the console's wall time equal to summary.md's, and closing lines that say where to look."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fasttrick import train
+from fasttrick.engine import progress as progress_module
+from fasttrick.engine.progress import Progress
+from fasttrick.grid import expand_grid, run_grid
+from fasttrick.runfiles import RunStatus, format_duration
+
+from engine_helpers import TINY, learnable_cifar10, quiet_session
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(None, "-"), (0.04, "0.0 s"), (42.14, "42.1 s"), (185, "3m 05s"), (3725, "1h 02m")]
+)
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_the_run_eta_is_the_epochs_left_at_the_measured_epoch_time(monkeypatch):
+    clock = iter([0.0, 10.0, 10.0, 30.0, 30.0, 45.0])  # epochs of 10 s, 20 s, 15 s
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: next(clock))
+    lines: list[str] = []
+    p = Progress("r", 3, lines.append, bar=False)
+    row = {k: 0.5 for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "epoch_seconds")}
+    for epoch in (1, 2, 3):
+        p.start_epoch(epoch, steps=4)
+        p.step(0, torch.tensor(1.0), torch.tensor(1), 1)
+        p.end_epoch({**row, "epoch": epoch})
+    assert [line.rsplit("  ETA ", 1)[1] for line in lines] == ["20.0 s", "15.0 s", "0.0 s"]  # 2x10, 1x15, 0
+    assert lines[0].startswith("[r] epoch 1/3  train_loss 0.5000")
+
+
+def test_a_grid_logs_its_eta_and_the_summarys_wall_time(tmp_path):
+    grid = expand_grid(
+        {"base": {**TINY, "train": {**TINY["train"], "epochs": 1}}, "grid": {"optimizer.lr": [0.01, 0.02, 0.05]}}
+    )
+    lines: list[str] = []
+    assert set(run_grid(grid, tmp_path, session=quiet_session(learnable_cifar10(), lines)).values()) == {"finished"}
+    etas = [line for line in lines if line.startswith("grid ETA ")]
+    assert len(etas) == 2 and "(2 left at the " in etas[0] and "(1 left at the " in etas[1]
+    for index, run in enumerate(grid.runs, start=1):
+        wall = json.loads((tmp_path / run.name / "result.json").read_text())["wall_seconds"]
+        ended = next(line for line in lines if line.startswith(f"[{index}/3] {run.name}: finished"))
+        assert f": wall time {format_duration(wall)} (as in summary.md)" in ended
+        summary_row = next(r for r in (tmp_path / "summary.md").read_text().splitlines() if f" {run.name} " in r)
+        assert f"| {format_duration(wall)} |" in summary_row
+
+
+def test_the_closing_lines_name_the_summary_plots_and_report(tmp_path, capsys):
+    assert train._report_statuses({"a": RunStatus.FINISHED}, tmp_path) == 0
+    assert "summary:" not in capsys.readouterr().out  # no summary written: nothing to point at
+    (tmp_path / "summary.md").write_text("# s\n")
+    assert train._report_statuses({"a": RunStatus.FINISHED, "b": RunStatus.FAILED}, tmp_path) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "done: 1 failed, 1 finished"
+    assert out[1] == f"summary: {tmp_path / 'summary.md'}  plots: {tmp_path / 'plots'}/"
+    assert out[2] == f"report (with the study's claims): python -m fasttrick.report {tmp_path}"
