@@ -11,7 +11,7 @@ import torch
 from fasttrick import train
 from fasttrick.engine import progress as progress_module
 from fasttrick.engine.progress import Progress
-from fasttrick.grid import expand_grid, run_grid
+from fasttrick.grid import estimate, expand_grid, run_grid
 from fasttrick.runfiles import RunStatus, format_duration
 
 from engine_helpers import TINY, learnable_cifar10, quiet_session
@@ -63,3 +63,44 @@ def test_the_closing_lines_name_the_summary_plots_and_report(tmp_path, capsys):
     assert out[0] == "done: 1 failed, 1 finished"
     assert out[1] == f"summary: {tmp_path / 'summary.md'}  plots: {tmp_path / 'plots'}/"
     assert out[2] == f"report (with the study's claims): python -m fasttrick.report {tmp_path}"
+
+
+def test_the_cpu_estimate_reproduces_its_calibration_and_scales():
+    smoke = expand_grid(
+        {
+            "base": {
+                "data": {"train_subset": 4096, "test_subset": 1024},
+                "model": {"width": 0.125},
+                "optimizer": {"name": "sgd"},
+            },
+            "runs": [{"name": n} for n in "abc"],
+        },
+        epochs=3,
+        device="cpu",
+    )
+    assert 34 <= estimate.cpu_seconds(smoke.runs, {}) <= 44  # the smoke grid's measured 34-44 s
+    assert estimate.cpu_seconds(smoke.runs, {"a-seed0": 3, "b-seed0": 1}) == pytest.approx(
+        estimate.cpu_seconds(smoke.runs, {}) * 5 / 9
+    )
+    on_gpu = expand_grid({"base": {"optimizer": {"name": "sgd"}}}, device="cuda")
+    assert estimate.cpu_seconds(on_gpu.runs, {}) == 0
+
+
+def test_a_long_cpu_study_says_so_with_how_to_scale_it_down(tmp_path, capsys):
+    study = expand_grid(
+        {"base": {"model": {"width": 1.0}, "optimizer": {"name": "sgd"}}, "grid": {"optimizer.lr": [0.1, 0.2]}},
+        device="cpu",
+    )
+    lines: list[str] = []
+    seconds = estimate.warn_if_long(study.runs, {}, lines.append)
+    assert seconds == pytest.approx(2 * 30 * (50_000 + 10_000 / 3) * 1e-3 * 64)  # 2 runs x 30 epochs at width 1
+    assert len(lines) == 1 and lines[0].startswith(
+        f"estimate: the 2 run(s) would take about {format_duration(seconds)}"
+    )
+    for hint in ("--epochs N", "data.train_subset", "model.width", "calibrated"):
+        assert hint in lines[0]
+    assert estimate.warn_if_long(study.runs[:1], {study.runs[0].name: 30}, lines.append) == 0 and len(lines) == 1
+    config = tmp_path / "big.yaml"
+    config.write_text("base: {model: {width: 1.0}, train: {device: cpu}, optimizer: {name: sgd}}\n")
+    assert train.main(["--config", str(config), "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    assert "estimate: the 1 run(s) would take about" in capsys.readouterr().out

@@ -282,6 +282,9 @@ def _dry_run(grid, selected, out: Path, fresh: bool, fuse: str | int) -> int:
     check_out_folder(selected, out, fresh)
     print(describe(grid, selected, out))
     print("\n".join(describe_plan(selected, fuse)))
+    from .grid.estimate import warn_if_long
+
+    warn_if_long(selected, {}, print)  # what the run would say before training
     return 0
 
 

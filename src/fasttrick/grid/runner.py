@@ -36,6 +36,7 @@ from typing import Any
 from ..engine import TERMINAL, EpochHook, RunStatus, Session, read_status
 from ..runfiles import format_duration, read_metrics
 from .arrays import Unit, plan_units
+from .estimate import warn_if_long
 from .execute import execute_unit
 from .expand import Grid, GridRun
 from .folder import GridLock, check_out_folder, lock_grid_folder, prepare_out_folder
@@ -98,7 +99,9 @@ def run_grid(
             statuses, todo = _triage(selected, states, session.log)
             try:
                 if todo:
-                    units = plan_units(todo, fuse, _checkpoint_epochs(todo, out), session.log)
+                    epochs_done = _checkpoint_epochs(todo, out)
+                    warn_if_long(todo, epochs_done, session.log)
+                    units = plan_units(todo, fuse, epochs_done, session.log)
                     statuses.update(
                         _train(units, out, session, on_epoch_end, cluster, workers, gpus_per_run, cpus_per_run)
                     )
