@@ -44,6 +44,8 @@ def test_a_grid_logs_its_eta_and_the_summarys_wall_time(tmp_path):
     )
     lines: list[str] = []
     assert set(run_grid(grid, tmp_path, session=quiet_session(learnable_cifar10(), lines)).values()) == {"finished"}
+    epoch_lines = [line for line in lines if " epoch 1/1 " in line]
+    assert ["grid ETA" in line for line in epoch_lines] == [True, True, False]  # nothing after the last run
     etas = [line for line in lines if line.startswith("grid ETA ")]
     assert len(etas) == 2 and "(2 left at the " in etas[0] and "(1 left at the " in etas[1]
     for index, run in enumerate(grid.runs, start=1):
@@ -104,3 +106,15 @@ def test_a_long_cpu_study_says_so_with_how_to_scale_it_down(tmp_path, capsys):
     config.write_text("base: {model: {width: 1.0}, train: {device: cpu}, optimizer: {name: sgd}}\n")
     assert train.main(["--config", str(config), "--dry-run", "--out", str(tmp_path / "o")]) == 0
     assert "estimate: the 1 run(s) would take about" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("mean", "grid_eta"), [(None, "1m 20s"), (100.0, "3m 40s")])
+def test_the_grid_eta_adds_the_runs_after_this_one(monkeypatch, mean, grid_eta):
+    clock = iter([0.0, 10.0])
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: next(clock))
+    lines: list[str] = []
+    p = Progress("r", 3, lines.append, bar=False, units_after=(2, mean))
+    p.start_epoch(1, steps=4)
+    p.end_epoch(None)  # an array's epoch: its line carries the ETAs
+    # run: 2 epochs x 10 s left; grid: + 2 runs, each 3 x 10 s as measured here (None) or the mean of runs ended
+    assert lines == [f"[r] epoch 1/3  ETA 20.0 s  grid ETA {grid_eta}"]

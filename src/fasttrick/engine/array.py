@@ -129,7 +129,7 @@ def train_array(
     array = _Array.build(runs, run_dirs, names, rt, session)
     start_epoch = array.resume(session.log)
     _start_files(array, session.environment(rt), names, start_epoch)
-    progress = Progress(f"array of {len(runs)}", first.train.epochs, session.log, session.bar)
+    progress = Progress.of_session(f"array of {len(runs)}", first.train.epochs, session)
     boards = [EpochBoard(m.run_dir, m.rows, m.optimizer, session.log) for m in array.members]  # one file each
     try:
         for epoch in range(start_epoch, first.train.epochs):

@@ -29,8 +29,19 @@ def format_row(name: str, epochs: int, row: Mapping[str, Any]) -> str:
 
 
 class Progress:
-    def __init__(self, name: str, epochs: int, log: Callable[[str], None], bar: bool | None = None, every: int = 20):
+    def __init__(
+        self,
+        name: str,
+        epochs: int,
+        log: Callable[[str], None],
+        bar: bool | None = None,
+        every: int = 20,
+        units_after: tuple[int, float | None] = (0, None),
+    ):
+        """``units_after``: the grid's runs (or arrays) still to train after this one, and their measured mean
+        seconds (None: none ended yet, so this run's own estimated time stands for each)."""
         self.name, self.epochs, self.log, self.every = name, epochs, log, every
+        self.units_after = units_after
         self.bar_enabled = sys.stderr.isatty() if bar is None else bar
         self._bar: tqdm | None = None
         self._start = 0.0
@@ -43,6 +54,20 @@ class Progress:
         if not self._timed:
             return None
         return max(self.epochs - epochs_done, 0) * sum(self._timed) / len(self._timed)
+
+    @classmethod
+    def of_session(cls, name: str, epochs: int, session: Any) -> Progress:
+        """Progress logging to a fasttrick.engine.Session, with its bar setting and the grid still to come."""
+        return cls(name, epochs, session.log, session.bar, units_after=session.units_after)
+
+    def eta_text(self, run_eta: float | None) -> str:
+        """ "ETA <run>", with "  grid ETA <grid>" when more of the grid follows this run."""
+        text = f"ETA {format_duration(run_eta)}"
+        after, mean = self.units_after
+        if after and run_eta is not None and self._timed:
+            per_unit = mean if mean is not None else self.epochs * sum(self._timed) / len(self._timed)
+            text += f"  grid ETA {format_duration(run_eta + after * per_unit)}"
+        return text
 
     def start_epoch(self, epoch: int, steps: int) -> None:
         self._start = time.perf_counter()
@@ -66,7 +91,7 @@ class Progress:
                 loss=f"{loss_sum.item() / (index + 1):.3f}",
                 acc=f"{correct.item() / max(seen, 1):.3f}",
                 img_s=f"{seen / seconds:.0f}",
-                run_eta=format_duration(max(eta, 0.0)),
+                eta=self.eta_text(max(eta, 0.0)).removeprefix("ETA "),
             )
 
     def end_epoch(self, row: Mapping[str, Any] | None) -> None:
@@ -78,6 +103,6 @@ class Progress:
             self._bar = None
         eta = self.eta_seconds(self._epoch)
         if row is not None:
-            self.log(f"{format_row(self.name, self.epochs, row)}  ETA {format_duration(eta)}")
+            self.log(f"{format_row(self.name, self.epochs, row)}  {self.eta_text(eta)}")
         elif self._epoch < self.epochs:
-            self.log(f"[{self.name}] epoch {self._epoch}/{self.epochs}  ETA {format_duration(eta)}")
+            self.log(f"[{self.name}] epoch {self._epoch}/{self.epochs}  {self.eta_text(eta)}")

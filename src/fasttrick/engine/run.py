@@ -80,7 +80,7 @@ def train_run(
     write_file(run_dir / "environment.json", write_json, run_dir / "environment.json", session.environment(rt))
     write_file(run_dir / "status.json", write_status, run_dir, RunStatus.RUNNING, start_epoch)
 
-    progress = Progress(name, run.train.epochs, session.log, session.bar)
+    progress = Progress.of_session(name, run.train.epochs, session)
     board = EpochBoard(run_dir, rows, parts.optimizer, session.log)
     writer = CheckpointWriter()
     checkpoint_path = run_dir / CHECKPOINT

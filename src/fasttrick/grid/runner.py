@@ -192,7 +192,11 @@ def _run_here(
         log_prefix = f"[{index}/{len(units)}] {unit.name}"
         session.log(log_prefix)
         unit_start = time.perf_counter()
-        statuses.update(execute_unit(unit, out, session, on_epoch_end=on_epoch_end))
+        session.units_after = (len(units) - index, (unit_start - start) / (index - 1) if index > 1 else None)
+        try:
+            statuses.update(execute_unit(unit, out, session, on_epoch_end=on_epoch_end))
+        finally:
+            session.units_after = (0, None)
         ended = ", ".join(
             f"{statuses[run.name]}" if not unit.fused else f"{run.name} {statuses[run.name]}" for run in unit.runs
         )
