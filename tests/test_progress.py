@@ -47,7 +47,7 @@ def test_a_grid_logs_its_eta_and_the_summarys_wall_time(tmp_path):
     epoch_lines = [line for line in lines if " epoch 1/1 " in line]
     assert ["grid ETA" in line for line in epoch_lines] == [True, True, False]  # nothing after the last run
     etas = [line for line in lines if line.startswith("grid ETA ")]
-    assert len(etas) == 2 and "(2 left at the " in etas[0] and "(1 left at the " in etas[1]
+    assert len(etas) == 2 and "(2 left at " in etas[0] and "(1 left at " in etas[1]
     for index, run in enumerate(grid.runs, start=1):
         wall = json.loads((tmp_path / run.name / "result.json").read_text())["wall_seconds"]
         ended = next(line for line in lines if line.startswith(f"[{index}/3] {run.name}: finished"))

@@ -187,12 +187,12 @@ def _run_here(
     units: Sequence[Unit], out: Path, session: Session, on_epoch_end: EpochHook | None
 ) -> dict[str, RunStatus]:
     statuses: dict[str, RunStatus] = {}
-    start = time.perf_counter()
+    times: list[float] = []  # per unit: the first one's training wall time (its set-up is one-off), then whole
     for index, unit in enumerate(units, start=1):
         log_prefix = f"[{index}/{len(units)}] {unit.name}"
         session.log(log_prefix)
         unit_start = time.perf_counter()
-        session.units_after = (len(units) - index, (unit_start - start) / (index - 1) if index > 1 else None)
+        session.units_after = (len(units) - index, sum(times) / len(times) if times else None)
         try:
             statuses.update(execute_unit(unit, out, session, on_epoch_end=on_epoch_end))
         finally:
@@ -200,20 +200,24 @@ def _run_here(
         ended = ", ".join(
             f"{statuses[run.name]}" if not unit.fused else f"{run.name} {statuses[run.name]}" for run in unit.runs
         )
-        session.log(f"{log_prefix}: {ended}{_wall_time(out, unit, time.perf_counter() - unit_start)}")
-        if index < len(units):
-            left, mean = len(units) - index, (time.perf_counter() - start) / index
+        seconds, wall = time.perf_counter() - unit_start, _wall_seconds(out, unit)
+        if wall is None:
+            session.log(f"{log_prefix}: {ended} in {format_duration(seconds)}")
+        else:
             session.log(
-                f"grid ETA {format_duration(left * mean)} ({left} left at the {format_duration(mean)} each so far)"
+                f"{log_prefix}: {ended}: wall time {format_duration(wall)} (as in summary.md), "
+                f"{format_duration(seconds)} with set-up"
             )
+        times.append(seconds if times or wall is None else wall)
+        if index < len(units):
+            left, mean = len(units) - index, sum(times) / len(times)
+            session.log(f"grid ETA {format_duration(left * mean)} ({left} left at {format_duration(mean)} each)")
     return statuses
 
 
-def _wall_time(out: Path, unit: Unit, seconds: float) -> str:
-    """The run's wall time as summary.md gives it (training and evaluation, from its metrics), and the unit's
-    whole time here (model build, data, compile included)."""
+def _wall_seconds(out: Path, unit: Unit) -> float | None:
+    """The unit's run wall time as summary.md gives it: training and evaluation, from its metrics."""
     rows = read_metrics(out / unit.runs[0].name / "metrics.jsonl")
     if not rows or rows[-1].get("elapsed_seconds") is None:
-        return f" in {format_duration(seconds)}"
-    wall = format_duration(float(rows[-1]["elapsed_seconds"]))
-    return f": wall time {wall} (as in summary.md), {format_duration(seconds)} with set-up"
+        return None
+    return float(rows[-1]["elapsed_seconds"])
