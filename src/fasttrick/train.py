@@ -20,6 +20,7 @@ examples:
   python -m fasttrick.train --config configs/group2.yaml --dry-run         # list the runs, train nothing
   python -m fasttrick.train --config configs/group1.yaml --profile faithful   # the post's 200 epochs
   python -m fasttrick.train --config configs/l2.yaml --only 'wd0.01-*' --set optimizer.lr=0.05
+  python -m fasttrick.train --config configs/smoke.yaml --sweep optimizer.lr=0.05,0.1 --sweep seed=0,1 --dry-run
   python -m fasttrick.train --config configs/smoke.yaml --workers 2               # 2 runs at once, 1 thread each
   python -m fasttrick.train --config configs/lr_momentum.yaml --fuse 4     # 4 runs as one fused network
   python -m fasttrick.train --config configs/group2.yaml --executor ray --gpus-per-run 0.5   # local Ray, 2 runs/GPU
@@ -92,6 +93,15 @@ def parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a dotted config key in every run, after the grid's own values; repeatable "
         "(e.g. --set optimizer.lr=0.05 --set data.batch_size=256); VALUE is YAML",
+    )
+    p.add_argument(
+        "--sweep",
+        dest="sweeps",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="add a grid axis: one run per value, crossed with the grid's axes and the other --sweeps; repeatable "
+        "(e.g. --sweep optimizer.lr=0.05,0.1,0.2 --sweep optimizer.momentum=0.5,0.9); values are YAML",
     )
     p.add_argument("--device", metavar="DEV", help="auto (default: cuda when available), cpu, cuda or cuda:N")
     p.add_argument(
@@ -212,9 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.epochs is not None and args.epochs < 1:
             raise ConfigError([f"--epochs {args.epochs}: must be >= 1"])
-        grid = load_grid(
-            args.config, profile=args.profile, overrides=args.overrides, epochs=args.epochs, device=args.device
-        )
+        grid = load_grid(args.config, **_command_line_layers(args))
         out = args.out or Path("runs") / args.config.stem
         selected = grid.select(args.only)
         from .grid.arrays import parse_fuse
@@ -252,7 +260,18 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Interrupted):
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
-    return _report_statuses(statuses)
+    return _report_statuses(statuses, out)
+
+
+def _command_line_layers(args: argparse.Namespace) -> dict:
+    """load_grid's keywords from the command line: what it layers over the grid file."""
+    return {
+        "profile": args.profile,
+        "overrides": args.overrides,
+        "epochs": args.epochs,
+        "device": args.device,
+        "sweeps": args.sweeps,
+    }
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace | int:
@@ -288,13 +307,20 @@ def _dry_run(grid, selected, out: Path, fresh: bool, fuse: str | int) -> int:
     check_out_folder(selected, out, fresh)
     print(describe(grid, selected, out))
     print("\n".join(describe_plan(selected, fuse)))
+    from .grid.estimate import warn_if_long
+
+    warn_if_long(selected, {}, print)  # what the run would say before training
     return 0
 
 
-def _report_statuses(statuses: dict[str, RunStatus]) -> int:
-    """Prints how the grid's runs ended; the exit code: 1 if any failed or was interrupted, else 0."""
+def _report_statuses(statuses: dict[str, RunStatus], out: Path) -> int:
+    """Prints how the grid's runs ended and where to look next; the exit code: 1 if any failed or was
+    interrupted, else 0."""
     counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
     print("done: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if (out / "summary.md").is_file():
+        print(f"summary: {out / 'summary.md'}  plots: {out / 'plots'}/")
+        print(f"report (with the study's claims): python -m fasttrick.report {out}")
     if RunStatus.INTERRUPTED in statuses.values():
         print("interrupted runs resume from their last checkpoint: rerun the same command", file=sys.stderr)
     return 1 if {RunStatus.FAILED, RunStatus.INTERRUPTED} & set(statuses.values()) else 0

@@ -41,6 +41,7 @@ import torch
 
 from ..config import RunConfig, config_warnings
 from ..models import FusedResNet18, member_cross_entropy
+from .board import EpochBoard
 from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, rng_state, set_rng_state
 from .io import CheckpointWriter, MetricRow, RunStatus, write_json, write_metrics, write_status
 from .members import MemberSteps
@@ -128,19 +129,20 @@ def train_array(
     array = _Array.build(runs, run_dirs, names, rt, session)
     start_epoch = array.resume(session.log)
     _start_files(array, session.environment(rt), names, start_epoch)
-
-    label = f"array of {len(runs)}"
-    progress = Progress(label, first.train.epochs, session.log, session.bar)
+    progress = Progress.of_session(f"array of {len(runs)}", first.train.epochs, session)
+    boards = [EpochBoard(m.run_dir, m.rows, m.optimizer, session.log) for m in array.members]  # one file each
     try:
         for epoch in range(start_epoch, first.train.epochs):
             if all(m.outcome is not None for m in array.members):
                 break
             array.run_epoch(epoch, progress)
-            for member in array.members:
+            for member, board in zip(array.members, boards, strict=True):
                 if member.outcome is None:
+                    board.add(member.rows[-1], member.optimizer)
                     array.end_member_epoch(member, epoch, session.log, on_epoch_end, on_member_end)
     finally:
-        for member in array.members:
+        for member, board in zip(array.members, boards, strict=True):
+            board.close()
             write_file(member.run_dir / CHECKPOINT, member.writer.wait)
     for member in array.members:
         if member.outcome is None:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig, config_warnings
+from .board import EpochBoard
 from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, set_rng_state, writing
 from .io import CheckpointWriter, MetricRow, RunStatus, write_json, write_metrics, write_status
 from .optimizers import build_optimizer
@@ -79,7 +80,8 @@ def train_run(
     write_file(run_dir / "environment.json", write_json, run_dir / "environment.json", session.environment(rt))
     write_file(run_dir / "status.json", write_status, run_dir, RunStatus.RUNNING, start_epoch)
 
-    progress = Progress(name, run.train.epochs, session.log, session.bar)
+    progress = Progress.of_session(name, run.train.epochs, session)
+    board = EpochBoard(run_dir, rows, parts.optimizer, session.log)
     writer = CheckpointWriter()
     checkpoint_path = run_dir / CHECKPOINT
     try:
@@ -87,6 +89,7 @@ def train_run(
             row = _run_epoch(parts, run, rt, epoch, rows[-1]["elapsed_seconds"] if rows else 0.0, progress)
             rows.append(row)
             progress.end_epoch(row)
+            board.add(row, parts.optimizer)
             if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
                 write_file(run_dir / "metrics.jsonl", write_metrics, run_dir, rows)
                 session.log(
@@ -107,6 +110,7 @@ def train_run(
                 write_file(checkpoint_path, writer.wait)  # a hook that stops the run must find this epoch's checkpoint
                 on_epoch_end(name, row)
     finally:
+        board.close()
         write_file(checkpoint_path, writer.wait)
     return Outcome(RunStatus.FINISHED, rows)
 

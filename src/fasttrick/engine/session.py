@@ -83,6 +83,9 @@ class Session:
         self._data: dict[Any, Any] = {}
         self._models: dict[Any, PreparedModel] = {}
         self._environment: dict[str, Any] | None = None
+        # Set by the grid runner: units (runs or arrays) still to train after the current one here, and their
+        # measured mean seconds (None until one has ended); progress lines then add the grid's ETA.
+        self.units_after: tuple[int, float | None] = (0, None)
 
     # -- data ---------------------------------------------------------------------------------
 

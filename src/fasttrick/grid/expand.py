@@ -98,6 +98,7 @@ class Grid:
     runs: list[GridRun]
     source: str | None = None
     overrides: list[str] = field(default_factory=list)
+    sweeps: list[str] = field(default_factory=list)  # --sweep KEY=V1,V2 as given
     warnings: list[str] = field(default_factory=list)
 
     def select(self, patterns: Sequence[str] | None) -> list[GridRun]:
@@ -118,6 +119,7 @@ class Grid:
             "source": self.source,
             "profile": self.profile,
             "overrides": list(self.overrides),
+            "sweeps": list(self.sweeps),
             "warnings": list(self.warnings),
             "runs": [{"name": r.name, "config": r.resolved()} for r in self.runs],
         }
@@ -154,22 +156,46 @@ def merge(target: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
     return target
 
 
-def parse_overrides(items: Iterable[str]) -> list[tuple[str, Any]]:
-    """``--set key=value`` strings -> (dotted key, YAML-parsed value)."""
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_0-9]+)*")
+
+
+def _parse_pairs(items: Iterable[str], flag: str, example: str, read: Any) -> list[tuple[str, Any]]:
+    """``flag`` strings ``key=text`` -> (dotted key, ``read(text)``); ConfigError listing every bad one."""
     out, problems = [], []
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_0-9]+)*", key):
-            problems.append(f"--set {item!r}: expected key=value with a dotted key, e.g. optimizer.lr=0.05")
+        if not sep or not _KEY.fullmatch(key):
+            problems.append(f"{flag} {item!r}: expected key=value with a dotted key, e.g. {example}")
             continue
         try:
-            out.append((key, load_yaml(text) if text.strip() else None))
+            out.append((key, read(text)))
         except Exception as err:  # yaml.YAMLError and friends
-            problems.append(f"--set {item!r}: value is not YAML ({err})")
+            problems.append(f"{flag} {item!r}: value is not YAML ({err})")
     if problems:
         raise ConfigError(problems)
     return out
+
+
+def parse_overrides(items: Iterable[str]) -> list[tuple[str, Any]]:
+    """``--set key=value`` strings -> (dotted key, YAML-parsed value)."""
+    return _parse_pairs(items, "--set", "optimizer.lr=0.05", lambda text: load_yaml(text) if text.strip() else None)
+
+
+def parse_sweeps(items: Iterable[str]) -> dict[str, list[Any]]:
+    """``--sweep key=v1,v2,...`` strings -> grid axes {dotted key: values}, as a grid file's ``grid:`` holds them.
+
+    The values are one YAML flow sequence without its brackets, so ``0.05,0.1`` is two numbers and
+    ``[0.9,0.99],[0.8,0.9]`` two lists. A key given twice is refused (one axis, one list of values)."""
+    axes: dict[str, list[Any]] = {}
+    problems = []
+    for key, values in _parse_pairs(items, "--sweep", "optimizer.lr=0.05,0.1,0.2", lambda t: load_yaml(f"[{t}]")):
+        if key in axes:
+            problems.append(f"--sweep {key}: given twice; list all its values in one --sweep {key}=A,B,...")
+        axes[key] = values
+    if problems:
+        raise ConfigError(problems)
+    return axes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,6 +250,7 @@ def load_grid(
     overrides: Sequence[str] = (),
     epochs: int | None = None,
     device: str | None = None,
+    sweeps: Sequence[str] = (),
 ) -> Grid:
     """Read and expand a grid file; raises ConfigError (every problem, with key paths) if it cannot run."""
     path = Path(path)
@@ -240,7 +267,14 @@ def load_grid(
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a mapping at the top level, got {type(data).__name__}"])
     return expand_grid(
-        data, name=path.stem, source=str(path), profile=profile, overrides=overrides, epochs=epochs, device=device
+        data,
+        name=path.stem,
+        source=str(path),
+        profile=profile,
+        overrides=overrides,
+        epochs=epochs,
+        device=device,
+        sweeps=sweeps,
     )
 
 
@@ -253,9 +287,18 @@ def expand_grid(
     overrides: Sequence[str] = (),
     epochs: int | None = None,
     device: str | None = None,
+    sweeps: Sequence[str] = (),
 ) -> Grid:
+    """The grid of ``data`` (a grid file's mapping). ``sweeps`` (``--sweep key=v1,v2``) add axes to its ``grid:``,
+    after the file's own and crossed with them; a sweep of a key the file sweeps replaces that axis, and
+    ``seed=0,1`` replaces its ``seeds:``."""
     if not is_profile(profile):
         raise ConfigError([f"--profile {profile!r}: one of {', '.join(PROFILE_DEFAULTS)}"])
+    swept = parse_sweeps(sweeps)
+    if "seed" in swept:  # the seed axis is the file's seeds: (it names runs "-seed<N>")
+        data = {**data, "seeds": swept.pop("seed")}
+    if swept and isinstance(data.get("grid") or {}, dict):  # a grid: that is not a mapping is refused below
+        data = {**data, "grid": {**(data.get("grid") or {}), **swept}}
     try:
         spec = GridFile.model_validate(data)
     except ValidationError as err:
@@ -276,6 +319,7 @@ def expand_grid(
         runs=validated,
         source=source,
         overrides=list(overrides),
+        sweeps=list(sweeps),
         warnings=[_with_runs(n, names, len(runs)) for n, names in notes.items()],
     )
 

@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import TERMINAL, EpochHook, RunStatus, Session, read_status
+from ..runfiles import format_duration, read_metrics
 from .arrays import Unit, plan_units
+from .estimate import warn_if_long
 from .execute import execute_unit
 from .expand import Grid, GridRun
 from .folder import GridLock, check_out_folder, lock_grid_folder, prepare_out_folder
@@ -97,7 +99,9 @@ def run_grid(
             statuses, todo = _triage(selected, states, session.log)
             try:
                 if todo:
-                    units = plan_units(todo, fuse, _checkpoint_epochs(todo, out), session.log)
+                    epochs_done = _checkpoint_epochs(todo, out)
+                    warn_if_long(todo, epochs_done, session.log)
+                    units = plan_units(todo, fuse, epochs_done, session.log)
                     statuses.update(
                         _train(units, out, session, on_epoch_end, cluster, workers, gpus_per_run, cpus_per_run)
                     )
@@ -183,13 +187,37 @@ def _run_here(
     units: Sequence[Unit], out: Path, session: Session, on_epoch_end: EpochHook | None
 ) -> dict[str, RunStatus]:
     statuses: dict[str, RunStatus] = {}
+    times: list[float] = []  # per unit: the first one's training wall time (its set-up is one-off), then whole
     for index, unit in enumerate(units, start=1):
         log_prefix = f"[{index}/{len(units)}] {unit.name}"
         session.log(log_prefix)
-        start = time.perf_counter()
-        statuses.update(execute_unit(unit, out, session, on_epoch_end=on_epoch_end))
+        unit_start = time.perf_counter()
+        session.units_after = (len(units) - index, sum(times) / len(times) if times else None)
+        try:
+            statuses.update(execute_unit(unit, out, session, on_epoch_end=on_epoch_end))
+        finally:
+            session.units_after = (0, None)
         ended = ", ".join(
             f"{statuses[run.name]}" if not unit.fused else f"{run.name} {statuses[run.name]}" for run in unit.runs
         )
-        session.log(f"{log_prefix}: {ended} in {time.perf_counter() - start:.1f} s")
+        seconds, wall = time.perf_counter() - unit_start, _wall_seconds(out, unit)
+        if wall is None:
+            session.log(f"{log_prefix}: {ended} in {format_duration(seconds)}")
+        else:
+            session.log(
+                f"{log_prefix}: {ended}: wall time {format_duration(wall)} (as in summary.md), "
+                f"{format_duration(seconds)} with set-up"
+            )
+        times.append(seconds if times or wall is None else wall)
+        if index < len(units):
+            left, mean = len(units) - index, sum(times) / len(times)
+            session.log(f"grid ETA {format_duration(left * mean)} ({left} left at {format_duration(mean)} each)")
     return statuses
+
+
+def _wall_seconds(out: Path, unit: Unit) -> float | None:
+    """The unit's run wall time as summary.md gives it: training and evaluation, from its metrics."""
+    rows = read_metrics(out / unit.runs[0].name / "metrics.jsonl")
+    if not rows or rows[-1].get("elapsed_seconds") is None:
+        return None
+    return float(rows[-1]["elapsed_seconds"])

@@ -48,6 +48,9 @@ def differences(study: Study) -> list[str]:
     overrides = [str(o) for o in study.grid.get("overrides") or []]
     if found and overrides:
         found.append("command-line overrides: " + ", ".join(f"`--set {o}`" for o in overrides))
+    sweeps = [str(o) for o in study.grid.get("sweeps") or []]
+    if found and sweeps:
+        found.append("command-line sweeps: " + ", ".join(f"`--sweep {o}`" for o in sweeps))
     return found
 
 

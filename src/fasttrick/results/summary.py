@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..runfiles import RunStatus, atomic_write
+from ..runfiles import RunStatus, atomic_write, format_duration
 from .result import MILESTONES, RESULT_KEYS, milestone_keys
 from .runs import RunRecord, own_folder, read_grid
 
@@ -159,9 +159,9 @@ def _markdown_row(run: RunRecord, result: Mapping[str, Any]) -> list[str]:
     ]
     for milestone in MILESTONES:
         epochs_key, seconds_key = milestone_keys(milestone)
-        cells += [_or_dash(result[epochs_key]), _duration(result[seconds_key])]
+        cells += [_or_dash(result[epochs_key]), format_duration(result[seconds_key])]
     images_per_s = result["images_per_s"]
-    cells += ["-" if images_per_s is None else f"{images_per_s:,.0f}", _duration(result["wall_seconds"])]
+    cells += ["-" if images_per_s is None else f"{images_per_s:,.0f}", format_duration(result["wall_seconds"])]
     cells.append(", ".join(run.diagnosis.modes) or "-")
     return cells
 
@@ -172,16 +172,3 @@ def _percent(fraction: float | None) -> str:
 
 def _or_dash(value: Any) -> str:
     return "-" if value is None else str(value)
-
-
-def _duration(seconds: float | None) -> str:
-    """42.1 s, 3m 05s, 1h 02m: seconds for short runs, coarser units for long ones."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
