@@ -2,10 +2,11 @@
 the in-process runner, a worker killed mid-run and retried from its checkpoint, a stopped grid resumed by
 a rerun, --restart-failed, and the GPU memory-fit refusal with simulated probes.
 
-Metrics (all but timings) are compared exactly, against a reference trained in this process with the
-same number of torch threads as a worker (deterministic CPU mode). Another thread count sums convolution
-gradients in another order: after 8 steps the losses then differ in the 4th digit, so the thread count
-is part of what "the same run" means.
+Metrics (all but timings) are compared exactly, against a reference trained in this process with default
+settings (deterministic CPU mode): every executor trains a CPU run with the same torch thread count
+($FASTTRICK_CPU_THREADS, default 1). Another thread count sums convolution gradients in another order:
+after 8 steps the losses then differ in the 4th digit, so the thread count is part of what "the same run"
+means, and environment.json records it.
 """
 
 from __future__ import annotations
@@ -60,19 +61,16 @@ def tiny_grid():
 
 @pytest.fixture(scope="session")
 def reference_for(grid_cache, tmp_path_factory):
-    """reference_for(threads): the tiny smoke grid trained in this process with ``threads`` torch threads,
-    what every backend must reproduce with that many threads a run."""
+    """reference_for(threads): the tiny smoke grid trained in this process with ``threads`` torch threads a
+    run ($FASTTRICK_CPU_THREADS), what every backend must reproduce with that many threads a run."""
     outs: dict[int, Path] = {}
 
     def train(threads: int) -> Path:
         if threads not in outs:
             out = tmp_path_factory.mktemp(f"reference-{threads}-threads")
-            before = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("FASTTRICK_CPU_THREADS", str(threads))
                 statuses = run_grid(tiny_grid(), out, session=Session(log=lambda line: None, bar=False), summary=False)
-            finally:
-                torch.set_num_threads(before)
             assert set(statuses.values()) == {"finished"}
             outs[threads] = out
         return outs[threads]
@@ -82,8 +80,8 @@ def reference_for(grid_cache, tmp_path_factory):
 
 @pytest.fixture
 def reference(reference_for) -> Path:
-    """The reference for two workers: each trains with cores // 2 threads."""
-    return reference_for(max(1, grid_workers.usable_cores() // 2))
+    """The reference for every executor with default settings: one torch thread a CPU run."""
+    return reference_for(1)
 
 
 def metrics(out: Path, run: str) -> list[dict]:
@@ -166,6 +164,20 @@ def test_two_workers_match_the_local_runner_and_a_killed_worker_is_retried(refer
     assert hook.ran_concurrently()
     assert_same_metrics(tmp_path / "out", reference)
     assert (tmp_path / "out" / "summary.md").is_file()
+    for run in RUNS:  # the thread count is part of the recorded environment
+        assert json.loads((tmp_path / "out" / run / "environment.json").read_text())["cpu_threads"] == 1
+
+
+def test_one_process_trains_a_cpu_run_with_the_workers_thread_count_whatever_its_own(reference, tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # torch's default on a 2-core machine; workers start with cores // 2
+    try:
+        statuses = run_grid(tiny_grid(), tmp_path / "out", session=Session(log=lambda line: None, bar=False))
+    finally:
+        torch.set_num_threads(before)
+    assert statuses == dict.fromkeys(RUNS, "finished")
+    assert_same_metrics(tmp_path / "out", reference)
+    assert json.loads((tmp_path / "out" / RUNS[0] / "environment.json").read_text())["cpu_threads"] == 1
 
 
 def test_a_stopped_grid_resumes_its_missing_runs_only(reference, tmp_path, capsys):

@@ -5,6 +5,8 @@ Imports no torch: the CLI reads the executor names from here for ``--help``.
 
 from __future__ import annotations
 
+import os
+
 from ..config import ConfigError
 
 # Where a grid's runs train: "local" (this process, or --workers N processes) or "ray" (one Ray task per run).
@@ -33,5 +35,21 @@ def check_execution(
             problems.append(f"--gpus-per-run {gpus_per_run:g}: a run uses one GPU at most; use 0 < F <= 1")
     if cpus_per_run < 1 or (executor != "ray" and cpus_per_run != 1):
         problems.append(f"--cpus-per-run {cpus_per_run}: for --executor ray, >= 1 (locally: --workers)")
+    try:
+        cpu_threads()
+    except ValueError as err:
+        problems.append(str(err))
     if problems:
         raise ConfigError(problems)
+
+
+CPU_THREADS_ENV = "FASTTRICK_CPU_THREADS"
+
+
+def cpu_threads() -> int:
+    """Torch threads for a run on the CPU: $FASTTRICK_CPU_THREADS, else 1, in every executor (one process,
+    ``--workers``, Ray), so that a run gives the same numbers whichever runs it. ValueError if malformed."""
+    value = os.environ.get(CPU_THREADS_ENV, "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{CPU_THREADS_ENV}={value!r}: must be a whole number >= 1 (torch threads per CPU run)")
+    return int(value)

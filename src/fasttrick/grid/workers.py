@@ -5,9 +5,9 @@ Each worker is a process (forked from a forkserver, or spawned) that lives for t
 with one :class:`~fasttrick.engine.Session`, so torch.compile is paid once per worker, not per run.
 The driver hands a run to whichever worker is idle and forwards the workers' log lines.
 
-- CPU grids: each worker gets ``cores // N`` torch threads. On 2 cores, 2 one-thread workers finish
-  4 smoke runs in less time than 1 two-thread worker (small convolutions do not scale to 2 threads;
-  see benchmarks/test_bench_grid.py).
+- CPU runs train with cpu_threads() torch threads (default 1) as in every executor, so their numbers
+  match one process's; other work in a worker gets ``cores // N``. On 2 cores, 2 one-thread workers
+  finish 4 smoke runs in less time than 1 two-thread worker (see benchmarks/test_bench_grid.py).
 - GPUs: worker i sees GPU ``i % GPUs`` only (CUDA_VISIBLE_DEVICES), so N > GPUs packs several runs
   onto one GPU, after a measured check that they fit (fasttrick.grid.memory).
 - A worker that dies (killed, out of host memory) costs its run one retry, resumed from the run's
