@@ -296,3 +296,64 @@ def test_bad_execution_options_are_refused_before_anything_is_written(tmp_path, 
     assert main(["--config", str(SMOKE), "--out", str(out), *CLI_TINY, *extra]) == 2
     assert problem in capsys.readouterr().err
     assert not out.exists()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (Linux /proc), the forkserver's workers included."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found |= {child, *_descendants(child)}
+    return found
+
+
+def _start_training(out: Path, *extra: str):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "fasttrick.train", "--config", str(SMOKE), "--out", str(out), *CLI_TINY]
+    proc = subprocess.Popen([*cmd, "--set", "train.epochs=20", "--no-bar", *extra], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # until a run has written an epoch
+        if any((out / run / "metrics.jsonl").is_file() for run in RUNS):
+            return proc
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("no run trained an epoch within 240 s")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads process trees from Linux /proc")
+def test_workers_stop_within_seconds_of_their_driver_killed_by_sigkill(grid_cache, tmp_path):
+    proc = _start_training(tmp_path / "out", "--workers", "2")
+    below = _descendants(proc.pid)
+    assert below
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in below):
+        time.sleep(0.1)
+    alive = [
+        pid
+        for pid in below
+        if Path(f"/proc/{pid}/status").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    ]
+    assert not alive, f"still running 10 s after the driver died: {alive}"
+
+
+@pytest.mark.parametrize("extra", [(), ("--workers", "2")], ids=["local", "workers"])
+def test_sigterm_is_an_interruption(grid_cache, tmp_path, extra):
+    from fasttrick.grid.folder import lock_grid_folder
+
+    out = tmp_path / "out"
+    proc = _start_training(out, *extra)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    statuses = {json.loads((out / run / "status.json").read_text())["status"] for run in RUNS}
+    assert "interrupted" in statuses and "running" not in statuses
+    assert (out / "summary.md").is_file()
+    lock_grid_folder(out).release()  # the lock was released

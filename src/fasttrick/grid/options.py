@@ -6,6 +6,8 @@ Imports no torch: the CLI reads the executor names from here for ``--help``.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
 from ..config import ConfigError
 
@@ -53,3 +55,18 @@ def cpu_threads() -> int:
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"{CPU_THREADS_ENV}={value!r}: must be a whole number >= 1 (torch threads per CPU run)")
     return int(value)
+
+
+class SigtermWatch:
+    """SIGTERM (what a cluster's preemption and ``kill`` send) handled as Ctrl-C is: it raises
+    KeyboardInterrupt in the main thread, so runs end interrupted, the summary is written and the grid's
+    lock released. ``received`` tells the CLI to exit 143 (128 + SIGTERM) rather than Ctrl-C's 130."""
+
+    def __init__(self) -> None:
+        self.received = False
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = True
+        raise KeyboardInterrupt
