@@ -22,7 +22,7 @@ from test_grid_workers import grid_cache  # noqa: F401 (a fixture)
 from fasttrick.data import Cifar10
 from fasttrick.engine import Session
 from fasttrick.grid import expand_grid, run_grid
-from fasttrick.grid.folder import HOLDER_NAME, GridFolderError, lock_grid_folder
+from fasttrick.grid.folder import HOLDER_NAME, LOCK_NAME, GridFolderError, lock_grid_folder
 from fasttrick.train import main
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
@@ -127,16 +127,52 @@ def test_a_malformed_status_file_is_named(finished, session_data, content):
 def test_temp_files_of_a_killed_process_are_swept(session_data, tmp_path):
     out = tmp_path / "out"
     (out / "seed0").mkdir(parents=True)
+    (out / LOCK_NAME).touch()  # a grid killed after taking its lock
     leftovers = [
-        out / ".grid.yaml.x1.tmp",
-        out / "seed0" / ".checkpoint.pt.x2.tmp",
-        out / "seed0" / ".status.json.x3.tmp",
+        out / ".grid.yaml.x1abcdef.tmp",
+        out / "seed0" / ".checkpoint.pt.x2_cdefg.tmp",
+        out / "seed0" / ".status.json.x3456789.tmp",
     ]
     for path in leftovers:
         path.touch()
+    # Not the grid's: a name atomic_write never makes, and a folder that is no run of this grid.
+    kept = [out / ".notes.tmp", out / "seed0" / ".Draft.ABC.tmp", out / "mine" / ".x.yaml.x1abcdef.tmp"]
+    kept[-1].parent.mkdir()
+    for path in kept:
+        path.touch()
     assert run_grid(expand_grid({"base": TINY}), out, session=quiet(session_data)) == {"seed0": "finished"}
     assert not any(path.exists() for path in leftovers)
-    assert not list(out.rglob("*.tmp"))
+    assert all(path.exists() for path in kept)
+
+
+@pytest.mark.parametrize("where", ["foreign", "inside", "holding"])
+def test_an_out_that_is_not_this_grids_folder_is_refused_and_left_untouched(tmp_path, capsys, where):
+    other = tmp_path / "other"
+    if where == "foreign":  # a user's folder, with a file that looks temporary
+        out = tmp_path / "mine"
+        out.mkdir()
+        (out / ".draft.tmp").write_text("keep me")
+    else:
+        other.mkdir()
+        (other / "grid.yaml").write_text("base: {}\n")
+        out = other / "nested" if where == "inside" else tmp_path
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["--config", str(SMOKE), "--out", str(out), *CLI_TINY]) == 2
+    assert "refused: --out" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_run_folder_that_is_a_symlink_is_refused_for_training(session_data, tmp_path, fresh):
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    (out / LOCK_NAME).touch()
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    (out / "seed0").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(GridFolderError, match="symlinks are not followed"):
+        run_grid(expand_grid({"base": TINY}), out, fresh=fresh, session=quiet(session_data))
+    assert [p.name for p in elsewhere.iterdir()] == ["keep.txt"]
 
 
 def snapshot(out: Path) -> dict[str, tuple[int, int]]:

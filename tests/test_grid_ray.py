@@ -61,7 +61,7 @@ def test_ray_grid_matches_the_local_runner_and_a_killed_worker_is_retried(
     assert hook.ran_concurrently()
     killed = {r["pid"] for r in hook.records() if r["run"] == "adamw-cosine-warmup-seed0"}
     assert len(killed) == 2  # epoch 1 in the worker that was killed, epoch 2 in Ray's retry
-    assert_same_metrics(out, reference_for(1))  # --cpus-per-run 1: one torch thread a run
+    assert_same_metrics(out, reference_for(1))  # a CPU run trains with one torch thread in every executor
     assert not (out / ".fasttrick-ray-storage").exists()
 
     lines.clear()

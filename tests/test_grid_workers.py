@@ -2,10 +2,11 @@
 the in-process runner, a worker killed mid-run and retried from its checkpoint, a stopped grid resumed by
 a rerun, --restart-failed, and the GPU memory-fit refusal with simulated probes.
 
-Metrics (all but timings) are compared exactly, against a reference trained in this process with the
-same number of torch threads as a worker (deterministic CPU mode). Another thread count sums convolution
-gradients in another order: after 8 steps the losses then differ in the 4th digit, so the thread count
-is part of what "the same run" means.
+Metrics (all but timings) are compared exactly, against a reference trained in this process with default
+settings (deterministic CPU mode): every executor trains a CPU run with the same torch thread count
+($FASTTRICK_CPU_THREADS, default 1). Another thread count sums convolution gradients in another order:
+after 8 steps the losses then differ in the 4th digit, so the thread count is part of what "the same run"
+means, and environment.json records it.
 """
 
 from __future__ import annotations
@@ -60,19 +61,16 @@ def tiny_grid():
 
 @pytest.fixture(scope="session")
 def reference_for(grid_cache, tmp_path_factory):
-    """reference_for(threads): the tiny smoke grid trained in this process with ``threads`` torch threads,
-    what every backend must reproduce with that many threads a run."""
+    """reference_for(threads): the tiny smoke grid trained in this process with ``threads`` torch threads a
+    run ($FASTTRICK_CPU_THREADS), what every backend must reproduce with that many threads a run."""
     outs: dict[int, Path] = {}
 
     def train(threads: int) -> Path:
         if threads not in outs:
             out = tmp_path_factory.mktemp(f"reference-{threads}-threads")
-            before = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("FASTTRICK_CPU_THREADS", str(threads))
                 statuses = run_grid(tiny_grid(), out, session=Session(log=lambda line: None, bar=False), summary=False)
-            finally:
-                torch.set_num_threads(before)
             assert set(statuses.values()) == {"finished"}
             outs[threads] = out
         return outs[threads]
@@ -82,8 +80,8 @@ def reference_for(grid_cache, tmp_path_factory):
 
 @pytest.fixture
 def reference(reference_for) -> Path:
-    """The reference for two workers: each trains with cores // 2 threads."""
-    return reference_for(max(1, grid_workers.usable_cores() // 2))
+    """The reference for every executor with default settings: one torch thread a CPU run."""
+    return reference_for(1)
 
 
 def metrics(out: Path, run: str) -> list[dict]:
@@ -166,6 +164,20 @@ def test_two_workers_match_the_local_runner_and_a_killed_worker_is_retried(refer
     assert hook.ran_concurrently()
     assert_same_metrics(tmp_path / "out", reference)
     assert (tmp_path / "out" / "summary.md").is_file()
+    for run in RUNS:  # the thread count is part of the recorded environment
+        assert json.loads((tmp_path / "out" / run / "environment.json").read_text())["cpu_threads"] == 1
+
+
+def test_one_process_trains_a_cpu_run_with_the_workers_thread_count_whatever_its_own(reference, tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # torch's default on a 2-core machine; workers start with cores // 2
+    try:
+        statuses = run_grid(tiny_grid(), tmp_path / "out", session=Session(log=lambda line: None, bar=False))
+    finally:
+        torch.set_num_threads(before)
+    assert statuses == dict.fromkeys(RUNS, "finished")
+    assert_same_metrics(tmp_path / "out", reference)
+    assert json.loads((tmp_path / "out" / RUNS[0] / "environment.json").read_text())["cpu_threads"] == 1
 
 
 def test_a_stopped_grid_resumes_its_missing_runs_only(reference, tmp_path, capsys):
@@ -284,3 +296,64 @@ def test_bad_execution_options_are_refused_before_anything_is_written(tmp_path, 
     assert main(["--config", str(SMOKE), "--out", str(out), *CLI_TINY, *extra]) == 2
     assert problem in capsys.readouterr().err
     assert not out.exists()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (Linux /proc), the forkserver's workers included."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found |= {child, *_descendants(child)}
+    return found
+
+
+def _start_training(out: Path, *extra: str):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "fasttrick.train", "--config", str(SMOKE), "--out", str(out), *CLI_TINY]
+    proc = subprocess.Popen([*cmd, "--set", "train.epochs=20", "--no-bar", *extra], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # until a run has written an epoch
+        if any((out / run / "metrics.jsonl").is_file() for run in RUNS):
+            return proc
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("no run trained an epoch within 240 s")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads process trees from Linux /proc")
+def test_workers_stop_within_seconds_of_their_driver_killed_by_sigkill(grid_cache, tmp_path):
+    proc = _start_training(tmp_path / "out", "--workers", "2")
+    below = _descendants(proc.pid)
+    assert below
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in below):
+        time.sleep(0.1)
+    alive = [
+        pid
+        for pid in below
+        if Path(f"/proc/{pid}/status").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    ]
+    assert not alive, f"still running 10 s after the driver died: {alive}"
+
+
+@pytest.mark.parametrize("extra", [(), ("--workers", "2")], ids=["local", "workers"])
+def test_sigterm_is_an_interruption(grid_cache, tmp_path, extra):
+    from fasttrick.grid.folder import lock_grid_folder
+
+    out = tmp_path / "out"
+    proc = _start_training(out, *extra)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    statuses = {json.loads((out / run / "status.json").read_text())["status"] for run in RUNS}
+    assert "interrupted" in statuses and "running" not in statuses
+    assert (out / "summary.md").is_file()
+    lock_grid_folder(out).release()  # the lock was released

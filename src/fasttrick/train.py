@@ -213,12 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     # Imports after parsing: --help does not wait for the engine, data and Ray modules.
     from .config import ConfigError
     from .data import DataSourceError
-    from .engine import CheckpointError, Interrupted
-    from .grid import load_grid
+    from .engine import CheckpointError, Interrupted, Session
+    from .grid import load_grid, run_grid
     from .grid.folder import GridFolderError
     from .grid.memory import DoesNotFit
+    from .grid.options import SigtermWatch
     from .grid.ray_backend import RayUnavailable
 
+    sigterm = SigtermWatch()
     try:
         if args.epochs is not None and args.epochs < 1:
             raise ConfigError([f"--epochs {args.epochs}: must be >= 1"])
@@ -231,9 +233,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return _dry_run(grid, selected, out, args.fresh, fuse)
         print(describe(grid, selected, out), flush=True)
-        from .engine import Session
-        from .grid import run_grid
-
         statuses = run_grid(
             grid,
             out,
@@ -259,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (KeyboardInterrupt, Interrupted):
         print("interrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
+        return 143 if sigterm.received else 130
     return _report_statuses(statuses, out)
 
 

@@ -159,7 +159,15 @@ class Session:
             from ..environment import environment_report
 
             self._environment = {**environment_report(), **git_facts()}
-        return {**self._environment, "device": str(rt.device), "precision": rt.precision, "compile": rt.compile}
+        import torch
+
+        return {
+            **self._environment,
+            "cpu_threads": torch.get_num_threads(),  # now: the executor sets it per run, after the report is cached
+            "device": str(rt.device),
+            "precision": rt.precision,
+            "compile": rt.compile,
+        }
 
 
 def subset(data, train: int | None, test: int | None):

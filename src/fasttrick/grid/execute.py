@@ -10,6 +10,9 @@ How a run ends, in status.json:
 - ``interrupted``: stopped from outside, and resumable by rerunning the same command: Ctrl-C, a
   killed worker (after its retry), a file that could not be written (disk full, I/O error: the message
   names the file and the cause), or no CIFAR-10.
+
+A run on the CPU trains with :func:`cpu_threads` torch threads, whichever backend runs it: another
+thread count sums convolution gradients in another order, so the numbers would depend on the executor.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ..engine import (
 from ..results.diagnosis import diagnose
 from .arrays import Unit
 from .expand import GridRun
+from .options import cpu_threads
 
 INTERRUPTED_MESSAGE = "interrupted; rerun the same command to resume"
 
@@ -81,10 +85,22 @@ def execute_unit(
     unit: Unit, out: Path, session: Session, *, on_epoch_end: EpochHook | None = None
 ) -> dict[str, RunStatus]:
     """A unit of work (one run, or an array of runs) into its folders; {run name: status}."""
+    if _on_cpu(unit.runs[0].config.train.device):
+        import torch
+
+        torch.set_num_threads(cpu_threads())  # recorded in environment.json as cpu_threads
     if unit.fused:
         return execute_array(unit.runs, out, session, on_epoch_end=on_epoch_end)
     run = unit.runs[0]
     return {run.name: execute_run(run, out / run.name, session, on_epoch_end=on_epoch_end)}
+
+
+def _on_cpu(device: str) -> bool:
+    if device == "cpu":
+        return True
+    import torch
+
+    return device == "auto" and not torch.cuda.is_available()
 
 
 def record_outcome(run_dir: Path, outcome: Outcome) -> None:

@@ -27,6 +27,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -93,6 +94,7 @@ def lock_grid_folder(out: Path) -> GridLock:
     cannot be a folder. A folder that cannot be written is returned unlocked (``writable`` False)."""
     if out.exists() and not out.is_dir():
         raise GridFolderError(f"--out {out} is a file, not a folder; name a folder (it is created if missing)")
+    _refuse_foreign_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -123,6 +125,38 @@ def lock_grid_folder(out: Path) -> GridLock:
             return GridLock(out, None)
         raise GridFolderError(f"--out {out}: cannot write to the folder ({err.strerror})") from err
     return lock
+
+
+def is_grid_folder(folder: Path) -> bool:
+    """A folder a grid has written: it holds the lock file or grid.yaml (symlinks are not followed)."""
+    return (
+        folder.is_dir()
+        and not folder.is_symlink()
+        and any((folder / name).exists() or (folder / name).is_symlink() for name in (LOCK_NAME, "grid.yaml"))
+    )
+
+
+def _refuse_foreign_folder(out: Path) -> None:
+    """GridFolderError, before anything is written, when ``out`` is a non-empty folder no grid wrote, or lies
+    inside or holds another grid's folder: a grid then writes (and sweeps) only where it alone writes."""
+    for parent in out.absolute().parents:
+        if is_grid_folder(parent):
+            raise GridFolderError(
+                f"--out {out} lies inside the grid folder {parent}; use a folder outside it (a grid's run "
+                "folders are its own)"
+            )
+    if not out.is_dir():
+        return
+    if not is_grid_folder(out) and any(out.iterdir()):
+        raise GridFolderError(
+            f"--out {out} is not empty and is not a grid folder (no {LOCK_NAME} or grid.yaml); use an empty or "
+            "new folder, so that the grid writes and deletes nothing of yours"
+        )
+    for child in out.iterdir():
+        if is_grid_folder(child):
+            raise GridFolderError(
+                f"--out {out} holds another grid's folder {child}; use a folder of its own for each grid"
+            )
 
 
 def _describe_holder(out: Path) -> str:
@@ -171,6 +205,12 @@ def _valid_state(state: Any) -> bool:
 def check_out_folder(runs: Sequence[GridRun], out: Path, fresh: bool) -> None:
     """Refuse (ConfigError, nothing written) a run folder whose config.yaml or checkpoint records another
     config, or whose checkpoint is damaged; ``fresh`` deletes those folders, so nothing is checked."""
+    linked = [str(out / run.name) for run in runs if (out / run.name).is_symlink()]
+    if linked:  # wherever it points, a symlink would let training write (or --fresh delete) outside --out
+        raise GridFolderError(
+            f"run folders that are symlinks are not followed: {', '.join(linked)}; replace each with a real folder "
+            "(move the target's files into it) or use another --out"
+        )
     if fresh:
         return
     problems = []
@@ -212,7 +252,7 @@ def prepare_out_folder(
     """
     out = lock.out
     if lock.writable:
-        sweep_temp_files(out)
+        sweep_temp_files(out, [run.name for run in grid.runs])
     _write_if_changed(out / "grid.yaml", dump_yaml(grid.document()), lock)
     states = {}
     for run in selected:
@@ -239,13 +279,23 @@ def prepare_out_folder(
     return states
 
 
-def sweep_temp_files(out: Path) -> list[Path]:
-    """Delete ``.*.tmp`` files (atomic writes cut short by kill -9) in ``out`` and its run folders.
+# atomic_write's temp names: mkstemp's ".<file>.<8 random characters>.tmp".
+_TEMP_NAME = re.compile(r"^\.[^/]+\.[a-z0-9_]{8}\.tmp$")
+
+
+def sweep_temp_files(out: Path, run_names: Sequence[str]) -> list[Path]:
+    """Delete atomic_write's temp files (writes cut short by kill -9) in ``out`` and in the grid's own run
+    folders (``run_names``): nothing else, so a file of a user's that merely looks temporary is kept.
 
     Safe only under the grid's lock: no other process is then writing. Symlinked folders are not entered.
     """
-    folders = [out, *(d for d in out.iterdir() if d.is_dir() and not d.is_symlink())]
-    swept = [tmp for folder in folders for tmp in folder.glob(".*.tmp") if tmp.is_file() and not tmp.is_symlink()]
+    folders = [out, *(out / name for name in run_names if (out / name).is_dir() and not (out / name).is_symlink())]
+    swept = [
+        tmp
+        for folder in folders
+        for tmp in folder.glob(".*.tmp")
+        if _TEMP_NAME.match(tmp.name) and tmp.is_file() and not tmp.is_symlink()
+    ]
     for tmp in swept:
         tmp.unlink(missing_ok=True)
     return swept

@@ -5,6 +5,10 @@ Imports no torch: the CLI reads the executor names from here for ``--help``.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+
 from ..config import ConfigError
 
 # Where a grid's runs train: "local" (this process, or --workers N processes) or "ray" (one Ray task per run).
@@ -33,5 +37,36 @@ def check_execution(
             problems.append(f"--gpus-per-run {gpus_per_run:g}: a run uses one GPU at most; use 0 < F <= 1")
     if cpus_per_run < 1 or (executor != "ray" and cpus_per_run != 1):
         problems.append(f"--cpus-per-run {cpus_per_run}: for --executor ray, >= 1 (locally: --workers)")
+    try:
+        cpu_threads()
+    except ValueError as err:
+        problems.append(str(err))
     if problems:
         raise ConfigError(problems)
+
+
+CPU_THREADS_ENV = "FASTTRICK_CPU_THREADS"
+
+
+def cpu_threads() -> int:
+    """Torch threads for a run on the CPU: $FASTTRICK_CPU_THREADS, else 1, in every executor (one process,
+    ``--workers``, Ray), so that a run gives the same numbers whichever runs it. ValueError if malformed."""
+    value = os.environ.get(CPU_THREADS_ENV, "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{CPU_THREADS_ENV}={value!r}: must be a whole number >= 1 (torch threads per CPU run)")
+    return int(value)
+
+
+class SigtermWatch:
+    """SIGTERM (what a cluster's preemption and ``kill`` send) handled as Ctrl-C is: it raises
+    KeyboardInterrupt in the main thread, so runs end interrupted, the summary is written and the grid's
+    lock released. ``received`` tells the CLI to exit 143 (128 + SIGTERM) rather than Ctrl-C's 130."""
+
+    def __init__(self) -> None:
+        self.received = False
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = True
+        raise KeyboardInterrupt

@@ -40,6 +40,7 @@ from . import memory
 from .arrays import Unit
 from .execute import execute_unit, mark_interrupted
 from .expand import GridRun
+from .options import CPU_THREADS_ENV, cpu_threads
 
 INSTALL_HINT = 'the ray backend needs Ray: pip install "fasttrick[ray]"'
 # A task whose worker process died is run once more (resuming from its checkpoint); see the docstring.
@@ -62,8 +63,12 @@ def import_ray():
     return ray
 
 
-def _train_task(unit: Unit, out: Path, marker: Path, threads: int, on_epoch_end: EpochHook | None):
-    """One unit on a Ray worker: the body of the remote function (see RayCluster.run)."""
+def _train_task(
+    unit: Unit, out: Path, marker: Path, threads: int, cpu_run_threads: int, on_epoch_end: EpochHook | None
+):
+    """One unit on a Ray worker: the body of the remote function (see RayCluster.run). ``cpu_run_threads``:
+    the driver's cpu_threads(), which a node of a cluster does not read from the driver's environment."""
+    os.environ[CPU_THREADS_ENV] = str(cpu_run_threads)
     global _worker_session
     started = time.time()
     if not marker.is_file():
@@ -169,7 +174,7 @@ class RayCluster:
         marker = out / STORAGE_MARKER
         marker.write_text(uuid.uuid4().hex)
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus, max_retries=WORKER_DEATH_RETRIES)(_train_task)
-        pending = {task.remote(unit, out, marker, cpus_per_run, on_epoch_end): unit for unit in units}
+        pending = {task.remote(unit, out, marker, cpus_per_run, cpu_threads(), on_epoch_end): unit for unit in units}
         self.log(
             f"ray: {len(units)} tasks submitted ({len(runs)} runs), {cpus_per_run} CPU(s) and {gpus:g} GPU(s) each"
         )

@@ -5,16 +5,16 @@ Each worker is a process (forked from a forkserver, or spawned) that lives for t
 with one :class:`~fasttrick.engine.Session`, so torch.compile is paid once per worker, not per run.
 The driver hands a run to whichever worker is idle and forwards the workers' log lines.
 
-- CPU grids: each worker gets ``cores // N`` torch threads. On 2 cores, 2 one-thread workers finish
-  4 smoke runs in less time than 1 two-thread worker (small convolutions do not scale to 2 threads;
-  see benchmarks/test_bench_grid.py).
+- CPU runs train with cpu_threads() torch threads (default 1) as in every executor, so their numbers
+  match one process's; other work in a worker gets ``cores // N``. On 2 cores, 2 one-thread workers
+  finish 4 smoke runs in less time than 1 two-thread worker (see benchmarks/test_bench_grid.py).
 - GPUs: worker i sees GPU ``i % GPUs`` only (CUDA_VISIBLE_DEVICES), so N > GPUs packs several runs
   onto one GPU, after a measured check that they fit (fasttrick.grid.memory).
 - A worker that dies (killed, out of host memory) costs its run one retry, resumed from the run's
   last checkpoint in a fresh worker; a second death marks the run interrupted (a rerun resumes it
   again: the cause was outside the run's code). The rest go on.
-- Workers die with the driver (Linux: PR_SET_PDEATHSIG), so a killed driver leaves no orphan
-  writing into a run folder that the rerun resumes.
+- Workers die with the driver, even by SIGKILL (a thread polls the driver's pid; Linux also
+  PR_SET_PDEATHSIG), so a killed driver leaves no orphan writing into a run folder a rerun resumes.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -37,12 +38,14 @@ from . import memory
 from .arrays import Unit
 from .execute import execute_unit, mark_interrupted
 from .expand import GridRun
+from .options import SigtermWatch
 
 # A run whose worker died is retried this many times (resumed from its checkpoint), as Ray's
 # max_retries does for a task whose worker died; a run that kills its worker every time then ends
 # interrupted, for a rerun to resume.
 WORKER_DEATH_RETRIES = 1
 POLL_SECONDS = 0.5
+DRIVER_POLL_SECONDS = 0.5  # a worker outlives a killed driver by at most this
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
@@ -87,21 +90,32 @@ def start_context():
     return multiprocessing.get_context("spawn")
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this worker when its parent (the driver, or the forkserver, which exits with the
-    driver) dies, even by SIGKILL."""
-    if sys.platform.startswith("linux"):
+def _die_with_parent(driver_pid: int) -> None:
+    """Exit when the driver dies, even by SIGKILL. The forkserver, this process's parent, outlives the
+    driver, so PR_SET_PDEATHSIG alone does not do: a thread polls the driver's pid as well (every start
+    method, every platform)."""
+    if sys.platform.startswith("linux"):  # the parent (spawn: the driver) dying kills at once
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    driver = multiprocessing.parent_process()
-    if driver is not None and not driver.is_alive():  # the driver died before prctl took effect
-        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(driver_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)  # nothing more is written into a run folder a rerun will resume
+            except PermissionError:
+                pass  # the pid exists (another user's)
+            time.sleep(DRIVER_POLL_SECONDS)
+
+    threading.Thread(target=watch, name="fasttrick-driver-watch", daemon=True).start()
 
 
-def _worker_main(worker_id, threads, gpu, inbox, outbox, on_epoch_end) -> None:
+def _worker_main(worker_id, threads, gpu, inbox, outbox, on_epoch_end, driver_pid) -> None:
     """A worker process: train the units the driver sends until it sends None."""
-    _die_with_parent()
+    _die_with_parent(driver_pid)
+    SigtermWatch()  # a SIGTERM to the process group stops this worker as Ctrl-C does; the driver marks its runs
     if gpu is not None:  # before anything initialises CUDA in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     import torch
@@ -129,7 +143,7 @@ class _Worker:
         self.inbox = context.Queue()
         self.process = context.Process(
             target=_worker_main,
-            args=(worker_id, threads, gpu, self.inbox, outbox, on_epoch_end),
+            args=(worker_id, threads, gpu, self.inbox, outbox, on_epoch_end, os.getpid()),
             name=f"fasttrick-worker-{worker_id}",
             daemon=True,
         )
