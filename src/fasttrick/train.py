@@ -204,7 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DataSourceError
     from .engine import CheckpointError, Interrupted
-    from .grid import load_grid
     from .grid.folder import GridFolderError
     from .grid.memory import DoesNotFit
     from .grid.ray_backend import RayUnavailable
@@ -212,9 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.epochs is not None and args.epochs < 1:
             raise ConfigError([f"--epochs {args.epochs}: must be >= 1"])
-        grid = load_grid(
-            args.config, profile=args.profile, overrides=args.overrides, epochs=args.epochs, device=args.device
-        )
+        grid = _load_grid(args)
         out = args.out or Path("runs") / args.config.stem
         selected = grid.select(args.only)
         from .grid.arrays import parse_fuse
@@ -253,6 +250,14 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
     return _report_statuses(statuses)
+
+
+def _load_grid(args: argparse.Namespace):
+    """The grid the command line names; with --only, the runs it leaves out are not checked."""
+    from .grid import load_grid
+
+    opts = {"profile": args.profile, "overrides": args.overrides, "epochs": args.epochs, "device": args.device}
+    return load_grid(args.config, only=args.only, **opts)
 
 
 def _dry_run(grid, selected, out: Path, fresh: bool, fuse: str | int) -> int:
