@@ -69,7 +69,7 @@ def test_a_chmod_read_only_grid_folder_exits_2(tmp_path, capsys):
 
 
 def test_folders_whose_only_common_parent_is_root_need_out(tmp_path):
-    with pytest.raises(ReportError, match="no common parent but /.*--out"):
+    with pytest.raises(ReportError, match=r"no common parent but /.*--out"):
         default_out_dir([Path("/a/grid"), Path("/b/grid")])
     assert default_out_dir([tmp_path / "a", tmp_path / "b"]) == tmp_path.resolve()
     assert default_out_dir([Path("/data/grid")]) == Path("/data")
