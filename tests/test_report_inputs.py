@@ -13,10 +13,13 @@ import pytest
 from test_summary import write_synthetic_grid
 
 from fasttrick import report
+from fasttrick.results.claims import evaluate_claims
 from fasttrick.results.report import default_out_dir
 from fasttrick.results.result import malformed
 from fasttrick.results.runs import read_grid
-from fasttrick.results.study import ReportError
+from fasttrick.results.study import ReportError, load_studies
+
+from results_helpers import write_lr_momentum
 
 
 @pytest.fixture
@@ -122,3 +125,14 @@ def test_implausible_metrics_are_named_not_shown(tmp_path, capsys):
     with pytest.warns(UserWarning):
         assert report.main([str(grid)]) == 0
     assert "500.00%" not in (grid / "summary.md").read_text()
+
+
+def test_claims_refuse_a_group_whose_seeds_repeat(tmp_path):
+    folder = write_lr_momentum(tmp_path / "lr_momentum")
+    assert evaluate_claims(load_studies([folder]))[0].verdict == "confirmed"
+    for seed in (0, 1):  # what `--set seed=7` did to a grid of two seeds: both runs trained with seed 7
+        config_file = folder / f"lr0.2-m0.9-seed{seed}" / "config.yaml"
+        config_file.write_text(config_file.read_text().replace(f"seed: {seed}", "seed: 7"))
+    verdict = evaluate_claims(load_studies([folder]))[0]
+    assert verdict.verdict == "inconclusive"
+    assert "runs lr0.2-m0.9-seed0, lr0.2-m0.9-seed1 were all trained with seed 7" in verdict.reason
