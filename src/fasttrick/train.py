@@ -264,7 +264,9 @@ def _dry_run(grid, selected, out: Path, fresh: bool, fuse: str | int) -> int:
     """--dry-run: check the folder, print the runs and the arrays; train and write nothing."""
     from .grid.arrays import describe_plan
     from .grid.folder import check_out_folder
+    from .grid.limits import check_limits
 
+    check_limits(selected, out)
     check_out_folder(selected, out, fresh)
     print(describe(grid, selected, out))
     print("\n".join(describe_plan(selected, fuse)))
