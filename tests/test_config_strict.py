@@ -121,3 +121,14 @@ def test_the_cli_refuses_with_exit_2(tmp_path, capsys, text, expected):
     assert main(["--config", str(config), "--out", str(tmp_path / "out")]) == 2
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_one_setting_given_twice_under_two_spellings_is_refused():
+    with pytest.raises(ConfigError, match=r"base\.optimizer\.lr: given twice"):
+        expand_grid({"base": {"optimizer.lr": 0.1, "optimizer": {"name": "sgd", "lr": 0.2}}})
+    with pytest.raises(ConfigError, match=r"runs\[0\]\.train\.epochs: given twice"):
+        expand_grid({"runs": [{"train.epochs": 3, "train": {"epochs": 4}}]})
+    with pytest.raises(ConfigError, match=r"base: optimizer.lr beside the optimizer: block; write them inside"):
+        expand_grid({"base": {"optimizer.lr": 0.3, "optimizer": {"name": "sgd"}}})
+    grid = expand_grid({"base": {"optimizer": {"name": "sgd"}}, "runs": [{"optimizer.lr": 0.3}]})  # layers
+    assert grid.runs[0].config.optimizer.name == "sgd" and grid.runs[0].config.optimizer.lr == 0.3

@@ -39,8 +39,18 @@ def seed_from_cli(spec: GridFile, cli: list[tuple[str, Any]]) -> tuple[GridFile,
     return spec.model_copy(update={"seeds": [seeds[-1]]}), [(k, v) for k, v in cli if k != "seed"]
 
 
-def misplaced_seeds(spec: GridFile) -> list[str]:
-    """``seed`` given anywhere but ``seeds:`` would be overwritten by the seeds axis: refused, not ignored."""
+def _leaf_paths(layer: dict[str, Any], prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in layer.items():
+        path = f"{prefix}{key}"
+        paths += _leaf_paths(value, f"{path}.") if isinstance(value, dict) and value else [path]
+    return paths
+
+
+def layer_problems(spec: GridFile) -> list[str]:
+    """What the layers of a grid file say that layering would silently drop: a ``seed`` anywhere but
+    ``seeds:`` (the seeds axis overwrites it), one setting given twice in a layer under two spellings
+    (``optimizer.lr:`` and ``optimizer: {lr: }``; the later would win), and a run name that is not text."""
     layers = [("base", spec.base), *((f"profiles.{k}", v) for k, v in spec.profiles.items())]
     layers += [(f"runs[{i}]", entry) for i, entry in enumerate(spec.runs or [])]
     problems = [
@@ -50,6 +60,14 @@ def misplaced_seeds(spec: GridFile) -> list[str]:
     ]
     if "seed" in spec.grid:
         problems.append("grid.seed: a grid's seeds come from seeds:, not an axis (write seeds: [...])")
+    for where, layer in layers:
+        paths = _leaf_paths(layer)
+        for path in sorted({path for path in paths if paths.count(path) > 1}):
+            problems.append(f"{where}.{path}: given twice (as a dotted key and inside its block); keep one")
+        for block in ("optimizer", "scheduler"):  # a block naming its name replaces what was set before it
+            dotted = [key for key in layer if key.startswith(f"{block}.")]
+            if dotted and isinstance(layer.get(block), dict) and "name" in layer[block]:
+                problems.append(f"{where}: {', '.join(dotted)} beside the {block}: block; write them inside the block")
     for i, entry in enumerate(spec.runs or []):
         name = entry.get("name")
         if name is not None and (isinstance(name, bool) or not isinstance(name, (str, int))):

@@ -48,7 +48,7 @@ from ..config import (
     is_profile,
     load_yaml,
 )
-from .checks import misplaced_seeds, seed_from_cli, select_names
+from .checks import layer_problems, seed_from_cli, select_names
 
 # A grid is expanded in memory before anything runs: 10 axes of 10 values would be 10^10 runs. The
 # largest study (group2) has 30 runs; 10 000 leaves room for any real grid and bounds memory.
@@ -293,7 +293,7 @@ def expand_grid(
 
 def _layer(spec: GridFile, profile: ProfileName, cli: list[tuple[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """(run name, layered partial config) for every run of the grid, in the layer order of the docstring."""
-    if problems := misplaced_seeds(spec):
+    if problems := layer_problems(spec):
         raise ConfigError(problems)
     entries = spec.runs if spec.runs is not None else [{}]
     axes = list(spec.grid.items())
