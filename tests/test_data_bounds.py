@@ -206,6 +206,18 @@ def test_a_cache_lacking_a_metadata_field_is_rebuilt(tmp_path, field):
     assert cache.read_cache(path, "fp") is None
 
 
+@pytest.mark.parametrize(("field", "value"), [("mean", [1.0, 2.0]), ("std", "abc"), ("crc32", 5), ("classes", 3)])
+def test_a_cache_with_a_malformed_metadata_field_is_rebuilt(tmp_path, field, value):
+    path = tmp_path / "c.npz"
+    cache.write_cache(path, small_data(), "fp")
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    meta[field] = value
+    np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+    assert cache.read_cache(path, "fp") is None
+
+
 def test_a_cache_whose_metadata_is_not_a_mapping_is_rebuilt(tmp_path):
     path = tmp_path / "c.npz"
     np.savez(path, meta=np.array(json.dumps([1, 2])))

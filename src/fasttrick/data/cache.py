@@ -71,12 +71,15 @@ def read_cache(path: Path, fingerprint: str) -> Cifar10 | None:
         if bad:
             log.warning("CIFAR-10 cache %s is corrupt (checksum mismatch in %s); rebuilding", path, ", ".join(bad))
             return None
+        mean, std = tuple(float(m) for m in meta["mean"]), tuple(float(s) for s in meta["std"])
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean {meta['mean']!r} and std {meta['std']!r} are not one number per channel")
         return Cifar10(
             **arrays,
-            classes=tuple(meta["classes"]),
-            mean=tuple(meta["mean"]),
-            std=tuple(meta["std"]),
-            source=meta["source"],
+            classes=tuple(str(c) for c in meta["classes"]),
+            mean=(mean[0], mean[1], mean[2]),
+            std=(std[0], std[1], std[2]),
+            source=str(meta["source"]),
         )
     except Exception as err:  # zipfile, json, numpy, OS errors and a field missing all mean: unusable, rebuild
         log.warning("CIFAR-10 cache %s is unreadable (%s: %s); rebuilding", path, type(err).__name__, err)
