@@ -136,3 +136,5 @@ def test_claims_refuse_a_group_whose_seeds_repeat(tmp_path):
     verdict = evaluate_claims(load_studies([folder]))[0]
     assert verdict.verdict == "inconclusive"
     assert "runs lr0.2-m0.9-seed0, lr0.2-m0.9-seed1 were all trained with seed 7" in verdict.reason
+    assert report.main([str(folder)]) == 0
+    assert "| 7, 7 (repeated: no spread over seeds) |" in (tmp_path / "REPORT.md").read_text()
