@@ -74,6 +74,22 @@ def test_a_two_gib_member_is_refused_in_a_second_with_little_memory(tmp_path, me
     assert f"{member} is 2,048.0 MiB" in done.stdout and "refused before reading it" in done.stdout
 
 
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar to write sparse members")
+@pytest.mark.parametrize("layout", [["--format=gnu"], ["--format=posix", "--sparse-version=1.0"]])
+def test_a_sparse_member_with_an_unbounded_hole_map_is_refused(tmp_path, layout):
+    src = tmp_path / "src" / "train" / "cat"
+    src.mkdir(parents=True)
+    with open(src / "holes.png", "wb") as f:  # 8 islands of data: more holes than a GNU header's 4 slots
+        for i in range(8):
+            f.seek(i << 20)
+            f.write(b"x")
+    archive = tmp_path / "holes.tar"
+    command = ["tar", "--sparse", *layout, "-cf", str(archive), "-C", str(tmp_path / "src"), "train"]
+    subprocess.run(command, check=True)
+    with pytest.raises(DataSourceError, match=r"train/cat/holes.png, a sparse file with a"):
+        load_cifar10(archive)
+
+
 def write_members(archive: Path, members: dict[str, bytes]) -> Path:
     with tarfile.open(archive, "w:gz") as tar:
         for name, data in members.items():

@@ -156,18 +156,26 @@ def decode_batches(read: dict[str, bytes], where: str) -> Cifar10:
     return Cifar10.from_arrays(train_images, train_labels, test_images, test_labels, classes, where)
 
 
-class _OversizedHeader(Exception):
-    pass
+class _UnboundedHeader(Exception):
+    """A tar header that tarfile would read into memory without a bound; the message says which."""
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
-    """A tar header whose extended headers (pax records, GNU long names), which tarfile reads whole into
-    memory before it yields the member, are bounded like any member."""
+    """A tar header whose parts that tarfile reads whole into memory before it yields the member are
+    bounded like any member: extended headers (pax records, GNU long names) by size, and the maps of
+    sparse members (a chain of extension blocks, or a GNU 1.0 map of any length) are refused: CIFAR-10's
+    files have no holes."""
 
-    def _proc_member(self, tarfile):
+    def _proc_member(self, archive):
         if self.type in _EXTENDED_HEADERS and self.size > MAX_OTHER_BYTES:
-            raise _OversizedHeader(f"a tar extended header of {self.size:,} bytes")
-        return super()._proc_member(tarfile)
+            raise _UnboundedHeader(f"a tar extended header of {self.size:,} bytes (at most {MAX_OTHER_BYTES:,})")
+        if self.type == tarfile.GNUTYPE_SPARSE and self._sparse_structs[1]:
+            raise _UnboundedHeader(f"{self.name}, a sparse file with a chain of hole maps")
+        return super()._proc_member(archive)
+
+    def _proc_gnusparse_10(self, next, pax_headers, archive):
+        name = pax_headers.get("GNU.sparse.name", next.name)
+        raise _UnboundedHeader(f"{name}, a sparse file with a hole map of unbounded size (GNU sparse 1.0)")
 
 
 _EXTENDED_HEADERS = (
@@ -198,8 +206,8 @@ def read_archive(path: Path, origin: str) -> tuple[dict[str, bytes], list[str]]:
                 content = archive.extractfile(member) if kind != "other" else None
                 if content is not None:
                     members[member.name] = content.read()
-    except _OversizedHeader as err:
-        budget.refuse(f"it holds {err} (at most {MAX_OTHER_BYTES:,})")
+    except _UnboundedHeader as err:
+        budget.refuse(f"it holds {err}")
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as err:
         raise _damaged_archive(path, origin, err) from err
     return members, names

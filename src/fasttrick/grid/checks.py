@@ -1,5 +1,5 @@
 """Checks of a grid file that pydantic's per-run validation cannot make: which runs ``--only`` selects,
-where seeds may be given, and what ``--set seed=N`` means for a grid of seeds."""
+where seeds may be given, what ``--set seed=N`` means for a grid of seeds, and settings a layer gives twice."""
 
 from __future__ import annotations
 
