@@ -45,6 +45,15 @@ def test_width_and_batch_are_checked_against_the_device():
         memory.check_sizes(huge_batch, fake_memory(16 << 30))
 
 
+def test_cpu_workers_share_the_machines_memory():
+    runs = expand_grid({"seeds": [0, 1, 2, 3], "base": {"train": {"device": "cpu"}}}).runs
+    one = least_bytes(runs[0], "cpu")
+    memory.check_sizes(runs, fake_memory(2 * one), cpu_workers=2)
+    with pytest.raises(DoesNotFit, match=r"with --workers 3, 3 such runs at once.*or --workers"):
+        memory.check_sizes(runs, fake_memory(2 * one), cpu_workers=3)
+    memory.check_sizes(runs[:2], fake_memory(2 * one), cpu_workers=3)  # no more at once than there are runs
+
+
 def test_the_cli_refuses_a_model_no_device_holds(tmp_path, capsys):
     config = tmp_path / "g.yaml"
     config.write_text(GRID % "w")

@@ -60,8 +60,9 @@ def check_run_names(runs: Sequence[GridRun], out: Path) -> None:
         raise ConfigError(problems)
 
 
-def check_limits(runs: Sequence[GridRun], out: Path, *, local: bool = True) -> None:
-    """Every limit of this module; the memory check only for runs that train on this machine (``local``)."""
+def check_limits(runs: Sequence[GridRun], out: Path, *, local: bool = True, workers: int = 1) -> None:
+    """Every limit of this module; the memory check only for runs that train on this machine (``local``),
+    ``workers`` of them at once."""
     check_run_names(runs, out)
     if local:
-        memory.check_sizes(runs, memory.device_memory)
+        memory.check_sizes(runs, memory.device_memory, cpu_workers=workers)

@@ -108,20 +108,25 @@ def least_bytes(run: GridRun, device_type: str) -> int:
     return int(parameters * 4 * (2 + buffers) + activations + images * IMAGE_BYTES)
 
 
-def check_sizes(runs: Sequence[GridRun], memory_of: Callable[[str], tuple[int, str, str]]) -> None:
-    """Raise :class:`DoesNotFit` for a run whose :func:`least_bytes` exceed its device's memory.
+def check_sizes(
+    runs: Sequence[GridRun], memory_of: Callable[[str], tuple[int, str, str]], *, cpu_workers: int = 1
+) -> None:
+    """Raise :class:`DoesNotFit` for a run whose :func:`least_bytes` exceed its device's memory: on the CPU,
+    ``cpu_workers`` runs at once share the machine's memory (GPU packing is measured: :func:`check_fit`).
     ``memory_of(train.device)`` gives (bytes, device type, description) of the device the run trains on."""
     devices = {device: memory_of(device) for device in sorted({run.config.train.device for run in runs})}
     for run in runs:
         total, device_type, device = devices[run.config.train.device]
+        at_once = min(cpu_workers, len(runs)) if device_type == "cpu" else 1
         needed = least_bytes(run, device_type)
-        if needed > total:
+        if needed * at_once > total:
             c = run.config
+            workers = f"; with --workers {cpu_workers}, {at_once} such runs at once" if at_once > 1 else ""
             raise DoesNotFit(
                 f"run {run.name!r} needs at least {gib(needed)} (model.width {c.model.width:g}: "
                 f"{PARAMETERS_AT_WIDTH_1 * c.model.width**2 / 1e6:,.0f} M parameters; data.batch_size "
-                f"{c.data.batch_size}), more than the {gib(total)} of {device}; lower model.width (memory "
-                "grows with its square) or data.batch_size."
+                f"{c.data.batch_size}){workers}, more than the {gib(total)} of {device}; lower model.width "
+                f"(memory grows with its square) or data.batch_size{', or --workers' if at_once > 1 else ''}."
             )
 
 

@@ -84,7 +84,7 @@ def run_grid(
 
         cluster = RayCluster.connect(address, session.log)  # before writing: no Ray, or no GPU for --gpus-per-run
     try:
-        check_limits(selected, out, local=cluster is None)
+        check_limits(selected, out, local=cluster is None, workers=workers)
         if cluster is not None:
             cluster.check_packing(selected, gpus_per_run)
         elif workers > 1:
