@@ -87,3 +87,20 @@ def test_the_name_limit_is_the_filesystems(tmp_path, monkeypatch):
     monkeypatch.setattr(limits.os, "pathconf", lambda path, name: {"PC_NAME_MAX": 255, "PC_PATH_MAX": 100}[name])
     with pytest.raises(ConfigError, match="too deep"):
         limits.check_run_names(fits, tmp_path / ("c" * 60))
+
+
+def test_device_memory_reads_the_gpu_a_run_names(monkeypatch):
+    asked = []
+
+    class Properties:
+        total_memory = 141 << 30
+        name = "NVIDIA H200"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: asked.append(index) or Properties)
+    assert memory.device_memory("auto") == (141 << 30, "cuda", "GPU 0 (NVIDIA H200)")
+    assert memory.device_memory("cuda:1")[2] == "GPU 1 (NVIDIA H200)"
+    assert memory.device_memory("cuda")[1] == "cuda"
+    assert asked == [0, 1, 0]
+    total, kind, _ = memory.device_memory("cpu")
+    assert kind == "cpu" and total == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
