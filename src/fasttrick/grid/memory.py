@@ -136,7 +136,7 @@ def device_memory(device: str) -> tuple[int, str, str]:
     import torch
 
     if device != "cpu" and torch.cuda.is_available():
-        index = torch.device(device).index or 0
+        index = int(device.partition(":")[2] or 0)  # auto and cuda: the first GPU
         properties = torch.cuda.get_device_properties(index)
         return int(properties.total_memory), "cuda", f"GPU {index} ({properties.name})"
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "cpu", "this machine's memory"
