@@ -42,7 +42,7 @@ def write_report(folders: Sequence[Path], out_dir: Path | None = None) -> Path:
     folders = [Path(folder) for folder in folders]
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(folders)
     for folder in folders:
-        with _writing(folder, "its summary, plots and diagnoses go into it; copy it somewhere writable first"):
+        with _writing(folder, f"the summary, plots and diagnoses of {folder} go into it; copy it somewhere writable"):
             write_summary(folder)
     studies = load_studies(folders)
     setting = {name: differences(study) for name, study in studies.items()}
@@ -58,6 +58,8 @@ def _writing(folder: Path, why: str) -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        what = err.filename or folder
+        what = Path(err.filename) if err.filename else folder
+        if what.name.startswith(".") and what.name.endswith(".tmp"):  # an atomic write's temp file: its folder
+            what = what.parent
         reason = "read-only" if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else err.strerror
         raise ReportError(f"cannot write {what} ({reason}): {why}") from err
