@@ -135,7 +135,7 @@ BAD_CASES = {
     ),
     "typo'd optimizer": (GOOD.replace("fused_sgdw", "fused_sgd"), [], ["optimizer.name", "did you mean 'fused_sgdw'"]),
     "negative lr": (GOOD.replace("lr: 0.1", "lr: -0.1"), [], ["optimizer.lr", "greater than 0", "-0.1"]),
-    "wrong type": (GOOD.replace("epochs: 2", "epochs: two"), [], ["train.epochs", "valid integer", "'two'"]),
+    "wrong type": (GOOD.replace("epochs: 2", "epochs: two"), [], ["train.epochs", "expected a number", "'two'"]),
     "bad value in one run only": (
         GOOD.replace("{name: cosine}", "{name: cosine, eta_min: -1}"),
         [],

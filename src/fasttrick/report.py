@@ -7,11 +7,13 @@ For each DIR: DIR/summary.md, DIR/summary.csv, DIR/plots/{val_acc,train_loss,lr}
 diagnosis.json (its failure modes: diverged, not_learning, unstable, overfitting, lr_floor). Then REPORT.md:
 per study a table (mean ± std over seeds), the plots and the diagnoses, and a verdict (confirmed, refuted,
 inconclusive) on each of the post's nine claims, with the runs it rests on. REPORT.md goes into --out, by
-default the folder holding the DIRs (their common parent: runs/ above).
+default the folder holding the DIRs (their common parent: runs/ above); DIRs whose only common parent is /
+need --out.
 
 Every number comes from the run folders' metrics.jsonl, so this works at any time: while a grid is still
 running, after it was killed, or on run folders copied from another machine. Exit code 2 when a DIR is not a
-grid folder (one `python -m fasttrick.train` wrote: a grid.yaml and run folders) or two DIRs hold the same study.
+grid folder (one `python -m fasttrick.train` wrote: a grid.yaml and run folders), two DIRs hold the same study,
+or a folder to write into cannot be written (a read-only DIR or --out).
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "grid_dirs", metavar="DIR", type=Path, nargs="+", help="a grid's output folder (the train CLI's --out)"
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="folder for REPORT.md (default: the common parent of the DIRs)"
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for REPORT.md (default: the common parent of the DIRs; required when that is /)",
     )
     args = parser.parse_args(argv)
     try:

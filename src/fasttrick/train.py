@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.epochs is not None and args.epochs < 1:
             raise ConfigError([f"--epochs {args.epochs}: must be >= 1"])
-        grid = load_grid(args.config, **_command_line_layers(args))
+        grid = load_grid(args.config, only=args.only, **_command_line_layers(args))
         out = args.out or Path("runs") / args.config.stem
         selected = grid.select(args.only)
         from .grid.arrays import parse_fuse
@@ -298,11 +298,14 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace | int:
     return args
 
 
+
 def _dry_run(grid, selected, out: Path, fresh: bool, fuse: str | int) -> int:
     """--dry-run: check the folder, print the runs and the arrays; train and write nothing."""
     from .grid.arrays import describe_plan
     from .grid.folder import check_out_folder
+    from .grid.limits import check_limits
 
+    check_limits(selected, out)
     check_out_folder(selected, out, fresh)
     print(describe(grid, selected, out))
     print("\n".join(describe_plan(selected, fuse)))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, TypeGuard
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 # --profile NAME: the built-in layer under a grid file's own ``profiles[NAME]`` (fasttrick.grid.expand).
 ProfileName = Literal["quick", "faithful"]
@@ -95,6 +95,29 @@ def resolve_epochs(spec: int | str, epochs: int, *, minimum: int = 0) -> int:
     return max(minimum, int(share * epochs + 0.5))
 
 
+# Seeds feed torch.manual_seed, numpy and DALI; 32 bits is what every one of them takes.
+MAX_SEED = 2**32 - 1
+
+
+def _number(value: Any) -> Any:
+    """Numbers are numbers: YAML's true, or a quoted "0.5", is refused rather than read as 1.0 or 0.5."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    if isinstance(value, str):
+        try:
+            float(value)
+            hint = "; write it without quotes"
+        except ValueError:
+            hint = ""
+        raise ValueError(f"expected a number, got the text {value!r}{hint}")
+    return value
+
+
+_NUMBER = BeforeValidator(_number)
+_Float = Annotated[float, _NUMBER]
+_Int = Annotated[int, _NUMBER]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
@@ -111,26 +134,28 @@ def _epoch_fields(*names: str):
 class DataConfig(_Strict):
     root: str | None = None  # CIFAR-10 source; None: $FASTTRICK_DATA, else torchvision's download
     loader: Literal["auto", "torch", "dali"] = "auto"
-    batch_size: int = Field(default=512, ge=1)
-    train_subset: int | None = Field(default=None, ge=1)  # the first N of a fixed shuffle (same for every run and seed)
-    test_subset: int | None = Field(default=None, ge=1)
+    batch_size: _Int = Field(default=512, ge=1)
+    train_subset: _Int | None = Field(
+        default=None, ge=1
+    )  # the first N of a fixed shuffle (same for every run and seed)
+    test_subset: _Int | None = Field(default=None, ge=1)
 
 
 class ModelConfig(_Strict):
     name: Literal["resnet18"] = "resnet18"
-    width: float = Field(default=1.0, gt=0)  # channels x width; 1.0 is the standard 11.17 M-parameter ResNet-18
+    width: _Float = Field(default=1.0, gt=0)  # channels x width; 1.0 is the standard 11.17 M-parameter ResNet-18
     channels_last: bool = True
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(default=30, ge=1)
+    epochs: _Int = Field(default=30, ge=1)
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     compile: Literal["auto"] | bool = "auto"  # auto: on for GPU, off for CPU
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     compile_backend: str = "inductor"  # any torch.compile backend; "aot_eager" compiles fast on CPU (tests)
     deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn.benchmark off
-    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    label_smoothing: _Float = Field(default=0.0, ge=0, lt=1)
 
     @field_validator("device")
     @classmethod
@@ -144,15 +169,15 @@ class TrainConfig(_Strict):
 # Optimizers (discriminated on name)
 # ---------------------------------------------------------------------------------------------
 
-_Lr = Annotated[float, Field(gt=0)]
-_Decay = Annotated[float, Field(ge=0)]
-_Momentum = Annotated[float, Field(ge=0, lt=1)]
+_Lr = Annotated[float, _NUMBER, Field(gt=0)]
+_Decay = Annotated[float, _NUMBER, Field(ge=0)]
+_Momentum = Annotated[float, _NUMBER, Field(ge=0, lt=1)]
 
 
 class _SGDBase(_Strict):
     lr: _Lr = 0.1
     momentum: _Momentum = 0.9
-    dampening: float = Field(default=0.0, ge=0, le=1)
+    dampening: _Float = Field(default=0.0, ge=0, le=1)
     nesterov: bool = False
     weight_decay: _Decay = 5e-4  # coupled L2 on every parameter (biases and BN included), as the post's torch SGD
 
@@ -185,7 +210,7 @@ class AdamConfig(_Strict):
     name: Literal["adam", "adamw"]
     lr: _Lr = 1e-3
     betas: tuple[_Momentum, _Momentum] = (0.9, 0.999)
-    eps: float = Field(default=1e-8, gt=0)
+    eps: _Float = Field(default=1e-8, gt=0)
     weight_decay: _Decay = 0.0
     amsgrad: bool = False
 
@@ -196,9 +221,9 @@ class NAdamConfig(_Strict):
     name: Literal["nadam"]
     lr: _Lr = 2e-3
     betas: tuple[_Momentum, _Momentum] = (0.9, 0.999)
-    eps: float = Field(default=1e-8, gt=0)
+    eps: _Float = Field(default=1e-8, gt=0)
     weight_decay: _Decay = 0.0
-    momentum_decay: float = Field(default=4e-3, ge=0)
+    momentum_decay: _Float = Field(default=4e-3, ge=0)
     decoupled_weight_decay: bool = False
 
 
@@ -215,7 +240,7 @@ class StepConfig(_Strict):
 
     name: Literal["step"]
     step_size: EpochSpec = "35%"  # the post: every 70 of 200 epochs
-    gamma: float = Field(default=0.1, gt=0, le=1)
+    gamma: _Float = Field(default=0.1, gt=0, le=1)
     check_epochs = _epoch_fields("step_size")
 
 
@@ -228,7 +253,7 @@ class MultiStepConfig(_Strict):
 
     name: Literal["multistep"]
     milestones: list[EpochSpec] = Field(default_factory=_half_and_three_quarters, min_length=1)
-    gamma: float = Field(default=0.1, gt=0, le=1)
+    gamma: _Float = Field(default=0.1, gt=0, le=1)
 
     @field_validator("milestones", mode="before")
     @classmethod
@@ -252,7 +277,7 @@ class CosineRestartsConfig(_Strict):
 
     name: Literal["cosine_restarts"]
     t_0: EpochSpec = "25%"
-    t_mult: int = Field(default=1, ge=1)
+    t_mult: _Int = Field(default=1, ge=1)
     eta_min: _Decay = 0.0
     check_epochs = _epoch_fields("t_0")
 
@@ -263,9 +288,9 @@ class PlateauConfig(_Strict):
     name: Literal["plateau"]
     mode: Literal["min", "max"] = "max"
     monitor: Literal["val_acc", "val_loss", "train_loss"] = "val_acc"
-    factor: float = Field(default=0.1, gt=0, lt=1)
+    factor: _Float = Field(default=0.1, gt=0, lt=1)
     patience: EpochSpec = 10
-    threshold: float = Field(default=1e-4, ge=0)
+    threshold: _Float = Field(default=1e-4, ge=0)
     threshold_mode: Literal["rel", "abs"] = "rel"
     cooldown: EpochSpec = 0
     min_lr: _Decay = 0.0
@@ -288,12 +313,12 @@ class WarmupConfig(_Strict):
     """Linear warm-up from start_factor x lr to lr over ``epochs`` epochs, before any schedule."""
 
     epochs: EpochSpec = 0
-    start_factor: float = Field(default=0.1, gt=0, le=1)
+    start_factor: _Float = Field(default=0.1, gt=0, le=1)
     check_epochs = _epoch_fields("epochs")
 
 
 class RunConfig(_Strict):
-    seed: int = Field(default=0, ge=0)
+    seed: _Int = Field(default=0, ge=0, le=MAX_SEED)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -344,7 +369,7 @@ class GridFile(_Strict):
 
     name: str | None = None
     description: str | None = None
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, _NUMBER, Field(ge=0, le=MAX_SEED)]] = Field(default_factory=lambda: [0], min_length=1)
     profiles: dict[ProfileName, dict[str, Any]] = Field(default_factory=dict)
     base: dict[str, Any] = Field(default_factory=dict)
     runs: list[dict[str, Any]] | None = None

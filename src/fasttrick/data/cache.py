@@ -43,7 +43,8 @@ def write_cache(path: Path, data: Cifar10, fingerprint: str) -> None:
             np.savez(tmp, meta=np.array(json.dumps(meta)), **{name: getattr(data, name) for name in _ARRAYS})
             tmp.flush()
             os.fsync(tmp.fileno())
-            os.chmod(tmp.name, 0o644)  # NamedTemporaryFile makes 0600; the cache is shareable like any download
+            # NamedTemporaryFile makes 0600; the cache gets the mode any file the user creates gets.
+            os.chmod(tmp.name, 0o666 & ~_umask())
         except BaseException:
             os.unlink(tmp.name)
             raise
@@ -57,22 +58,42 @@ def read_cache(path: Path, fingerprint: str) -> Cifar10 | None:
     try:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(str(npz["meta"]))
-            if meta.get("format") != CACHE_FORMAT or meta.get("fingerprint") != fingerprint:
+            if (
+                not isinstance(meta, dict)
+                or meta.get("format") != CACHE_FORMAT
+                or meta.get("fingerprint") != fingerprint
+            ):
                 log.warning("CIFAR-10 cache %s is stale (source changed or older format); rebuilding", path)
                 return None
             arrays = {name: npz[name] for name in _ARRAYS}
-    except Exception as err:  # zipfile, json, numpy and OS errors all mean: unreadable, rebuild
+        # CRC32 of 184 MB costs ~0.05 s: cheap insurance against silently training on flipped bits.
+        bad = [name for name, array in arrays.items() if zlib.crc32(array) != meta["crc32"][name]]
+        if bad:
+            log.warning("CIFAR-10 cache %s is corrupt (checksum mismatch in %s); rebuilding", path, ", ".join(bad))
+            return None
+        mean, std = tuple(float(m) for m in meta["mean"]), tuple(float(s) for s in meta["std"])
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean {meta['mean']!r} and std {meta['std']!r} are not one number per channel")
+        return Cifar10(
+            **arrays,
+            classes=tuple(str(c) for c in meta["classes"]),
+            mean=(mean[0], mean[1], mean[2]),
+            std=(std[0], std[1], std[2]),
+            source=str(meta["source"]),
+        )
+    except Exception as err:  # zipfile, json, numpy, OS errors and a field missing all mean: unusable, rebuild
         log.warning("CIFAR-10 cache %s is unreadable (%s: %s); rebuilding", path, type(err).__name__, err)
         return None
-    # CRC32 of 184 MB costs ~0.05 s: cheap insurance against silently training on flipped bits.
-    bad = [name for name, array in arrays.items() if zlib.crc32(array) != meta["crc32"][name]]
-    if bad:
-        log.warning("CIFAR-10 cache %s is corrupt (checksum mismatch in %s); rebuilding", path, ", ".join(bad))
-        return None
-    return Cifar10(
-        **arrays,
-        classes=tuple(meta["classes"]),
-        mean=tuple(meta["mean"]),
-        std=tuple(meta["std"]),
-        source=meta["source"],
-    )
+
+
+def _umask() -> int:
+    """The process's umask. Linux shows it in /proc; elsewhere it can only be read by setting it (briefly)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

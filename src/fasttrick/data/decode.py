@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .bounds import BATCH_NAMES, MAX_OTHER_BYTES, Budget, member_kind
 from .cifar import (
     BATCHES_DIR,
     DATA_ENV,
@@ -60,11 +61,14 @@ class BatchUnpickler(pickle.Unpickler):
 def _decode_image(data: bytes, name: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
+            # The header's size, before any pixel is decoded: a 1 KB PNG may declare 50 000 x 50 000 pixels.
+            if image.size != IMAGE_SHAPE[1::-1]:
+                raise DataSourceError(f"{name} is {image.size[0]}x{image.size[1]}; CIFAR-10 images are 32x32.")
             pixels = np.asarray(image.convert("RGB"))
+    except Image.DecompressionBombError as err:  # PIL refuses to open headers declaring > 179 M pixels
+        raise DataSourceError(f"{name} declares a huge image ({err}); CIFAR-10 images are 32x32.") from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataSourceError(f"{name} is not a readable image ({err}).") from err
-    if pixels.shape != IMAGE_SHAPE:
-        raise DataSourceError(f"{name} is {pixels.shape[1]}x{pixels.shape[0]}; CIFAR-10 images are 32x32.")
     return pixels
 
 
@@ -95,14 +99,29 @@ def decode_folder_files(files: dict[tuple[str, str], list[tuple[str, bytes]]], w
 
 
 def folder_files_on_disk(root: Path) -> dict[tuple[str, str], list[tuple[str, bytes]]]:
+    """(split, class) -> [(name, bytes)] of an image folder; each file's size is checked before it is read."""
+    budget = Budget(f"Image folder {root}")
     files: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
     for split in ("train", "test"):
         for class_dir in (root / split).iterdir():
             if class_dir.is_dir():
-                files[split, class_dir.name] = [
-                    (str(p.relative_to(root)), p.read_bytes()) for p in class_dir.iterdir() if p.is_file()
-                ]
+                kept = files[split, class_dir.name] = []
+                for p in class_dir.iterdir():
+                    name = str(p.relative_to(root))
+                    if p.is_file() and budget.admit(name, p.stat().st_size) == "image":
+                        kept.append((name, p.read_bytes()))
     return files
+
+
+def batch_files_on_disk(folder: Path) -> dict[str, bytes]:
+    """name -> bytes of the python batches in ``folder``, each file's size checked before it is read
+    (other files there are not read)."""
+    budget = Budget(f"{folder}")
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(folder.iterdir())
+        if p.name in BATCH_NAMES and p.is_file() and budget.admit(p.name, p.stat().st_size)
+    }
 
 
 def _unpickle(data: bytes, name: str) -> dict:
@@ -137,31 +156,78 @@ def decode_batches(read: dict[str, bytes], where: str) -> Cifar10:
     return Cifar10.from_arrays(train_images, train_labels, test_images, test_labels, classes, where)
 
 
-def decode_archive(path: Path, origin: str) -> Cifar10:
-    """Read every member in one streaming pass ("r|*": xz cannot seek cheaply), then decide the layout
-    from the member names. The JPEG archive (18.6 MB) reads in ~2.5 s here; PIL decodes its 60 000
-    images in ~5 s more (threads do not help: PIL's header parsing holds the GIL)."""
+class _UnboundedHeader(Exception):
+    """A tar header that tarfile would read into memory without a bound; the message says which."""
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header whose parts that tarfile reads whole into memory before it yields the member are
+    bounded like any member: extended headers (pax records, GNU long names) by size, and the maps of
+    sparse members (a chain of extension blocks, or a GNU 1.0 map of any length) are refused: CIFAR-10's
+    files have no holes."""
+
+    def _proc_member(self, archive):
+        if self.type in _EXTENDED_HEADERS and self.size > MAX_OTHER_BYTES:
+            raise _UnboundedHeader(f"a tar extended header of {self.size:,} bytes (at most {MAX_OTHER_BYTES:,})")
+        if self.type == tarfile.GNUTYPE_SPARSE and self._sparse_structs[1]:
+            raise _UnboundedHeader(f"{self.name}, a sparse file with a chain of hole maps")
+        return super()._proc_member(archive)
+
+    def _proc_gnusparse_10(self, next, pax_headers, archive):
+        name = pax_headers.get("GNU.sparse.name", next.name)
+        raise _UnboundedHeader(f"{name}, a sparse file with a hole map of unbounded size (GNU sparse 1.0)")
+
+
+_EXTENDED_HEADERS = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+
+
+def read_archive(path: Path, origin: str) -> tuple[dict[str, bytes], list[str]]:
+    """The CIFAR-10 files of an archive (name -> bytes) and the names of all its files, in one streaming
+    pass ("r|*": xz cannot seek cheaply). Each member's name and size are checked (:class:`Budget`)
+    from its header, before its bytes are read; members that are no CIFAR-10 file are skipped unread."""
+    budget = Budget(f"Archive {path} (from {origin})")
     members: dict[str, bytes] = {}
+    names: list[str] = []
     try:
-        with tarfile.open(path, "r|*") as archive:
-            for member in archive:
-                content = archive.extractfile(member) if member.isfile() else None
+        with tarfile.open(path, "r|*", tarinfo=_BoundedTarInfo) as archive:
+            while (member := archive.next()) is not None:
+                # Stream mode keeps every header read (an undeclared attribute); none is needed again.
+                archive.members.clear()  # type: ignore[attr-defined]
+                kind = budget.admit(member.name, member.size if member.isfile() else 0)
+                if not member.isfile():
+                    continue
+                names.append(member.name)
+                content = archive.extractfile(member) if kind != "other" else None
                 if content is not None:
                     members[member.name] = content.read()
+    except _UnboundedHeader as err:
+        budget.refuse(f"it holds {err}")
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as err:
         raise _damaged_archive(path, origin, err) from err
+    return members, names
 
+
+def decode_archive(path: Path, origin: str) -> Cifar10:
+    """Decode an archive of either layout, told apart by its member names. The JPEG archive (18.6 MB)
+    reads in ~2.5 s here; PIL decodes its 60 000 images in ~5 s more (threads do not help: PIL's header
+    parsing holds the GIL)."""
+    members, names = read_archive(path, origin)
     batches = {name.rsplit("/", 1)[-1]: data for name, data in members.items() if f"{BATCHES_DIR}/" in name}
     if batches:
         return decode_batches(batches, f"{path}:{BATCHES_DIR}")
     files: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
     for name, data in members.items():
         parts = name.split("/")
-        # train/<class>/<file>, possibly below one top-level folder (cifar10/train/<class>/<file>).
-        if len(parts) >= 3 and parts[-3] in ("train", "test"):
+        if member_kind(name) == "image":
             files.setdefault((parts[-3], parts[-2]), []).append((name, data))
     if not files:
-        shown = ", ".join(sorted(members)[:8]) or "no files"
+        shown = ", ".join(sorted(names)[:8]) or "no files"
         raise DataSourceError(
             f"Archive {path} (from {origin}) holds no CIFAR-10 layout (its files start: {shown}).\nExpected\n{LAYOUTS}"
         )

@@ -46,7 +46,7 @@ from .cifar import (
     channel_stats,
     verify,
 )
-from .decode import decode_archive, decode_batches, decode_folder_files, folder_files_on_disk
+from .decode import batch_files_on_disk, decode_archive, decode_batches, decode_folder_files, folder_files_on_disk
 
 __all__ = [
     "CACHE_ENV",
@@ -162,8 +162,7 @@ def decode_source(source: Source) -> Cifar10:
         return decode_archive(path, source.origin)
     if kind == "folder":
         return decode_folder_files(folder_files_on_disk(path), str(path))
-    read = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
-    return decode_batches(read, str(path))
+    return decode_batches(batch_files_on_disk(path), str(path))
 
 
 # --------------------------------------------------------------------------------------------

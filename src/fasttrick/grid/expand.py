@@ -26,7 +26,6 @@ the seed (``lr0.2-m0.9-seed0``); they must be unique. Every run is validated bef
 from __future__ import annotations
 
 import copy
-import fnmatch
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -35,6 +34,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 from ..config import (
@@ -48,6 +48,7 @@ from ..config import (
     is_profile,
     load_yaml,
 )
+from .checks import layer_problems, seed_from_cli, select_names
 
 # A grid is expanded in memory before anything runs: 10 axes of 10 values would be 10^10 runs. The
 # largest study (group2) has 30 runs; 10 000 leaves room for any real grid and bounds memory.
@@ -103,14 +104,8 @@ class Grid:
 
     def select(self, patterns: Sequence[str] | None) -> list[GridRun]:
         """Runs whose name matches any glob in ``patterns`` (all when empty); ConfigError if one matches none."""
-        if not patterns:
-            return list(self.runs)
-        globs = [g for p in patterns for g in p.split(",") if g]
-        unmatched = [g for g in globs if not any(fnmatch.fnmatchcase(r.name, g) for r in self.runs)]
-        if unmatched:
-            names = ", ".join(r.name for r in self.runs)
-            raise ConfigError([f"--only {g!r} matches no run; runs: {names}" for g in unmatched])
-        return [r for r in self.runs if any(fnmatch.fnmatchcase(r.name, g) for g in globs)]
+        chosen = select_names([r.name for r in self.runs], patterns)
+        return [r for r in self.runs if r.name in chosen]
 
     def document(self) -> dict[str, Any]:
         """What grid.yaml holds: the expanded grid, every run's resolved config."""
@@ -251,8 +246,10 @@ def load_grid(
     epochs: int | None = None,
     device: str | None = None,
     sweeps: Sequence[str] = (),
+    only: Sequence[str] | None = None,
 ) -> Grid:
-    """Read and expand a grid file; raises ConfigError (every problem, with key paths) if it cannot run."""
+    """Read and expand a grid file; raises ConfigError (every problem, with key paths) if it cannot run.
+    With ``only`` (``--only`` globs), runs it leaves out are not checked, and dropped when invalid."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -260,6 +257,10 @@ def load_grid(
         raise ConfigError([f"--config {path}: cannot read ({err.strerror})"]) from err
     try:
         data = load_yaml(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError([f"{where}: {err.problem or err.context}"]) from err
     except Exception as err:
         raise ConfigError([f"{path}: not valid YAML ({err})"]) from err
     if data is None:
@@ -275,6 +276,7 @@ def load_grid(
         epochs=epochs,
         device=device,
         sweeps=sweeps,
+        only=only,
     )
 
 
@@ -288,6 +290,7 @@ def expand_grid(
     epochs: int | None = None,
     device: str | None = None,
     sweeps: Sequence[str] = (),
+    only: Sequence[str] | None = None,
 ) -> Grid:
     """The grid of ``data`` (a grid file's mapping). ``sweeps`` (``--sweep key=v1,v2``) add axes to its ``grid:``,
     after the file's own and crossed with them; a sweep of a key the file sweeps replaces that axis, and
@@ -309,8 +312,10 @@ def expand_grid(
     if device is not None:
         cli.append(("train.device", device))
 
+    spec, cli = seed_from_cli(spec, cli)
     runs = _layer(spec, profile, cli)
-    validated, problems, notes = _validate(runs)
+    chosen = select_names([run_name for run_name, _ in runs], only)
+    validated, problems, notes = _validate(runs, chosen)
     if problems:
         raise ConfigError([_with_runs(line, names, len(runs)) for line, names in problems.items()])
     return Grid(
@@ -326,6 +331,8 @@ def expand_grid(
 
 def _layer(spec: GridFile, profile: ProfileName, cli: list[tuple[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """(run name, layered partial config) for every run of the grid, in the layer order of the docstring."""
+    if problems := layer_problems(spec):
+        raise ConfigError(problems)
     entries = spec.runs if spec.runs is not None else [{}]
     axes = list(spec.grid.items())
     count = len(entries) * len(spec.seeds) * math.prod(len(values) for _, values in axes)
@@ -355,9 +362,10 @@ def _layer(spec: GridFile, profile: ProfileName, cli: list[tuple[str, Any]]) -> 
 
 
 def _validate(
-    runs: list[tuple[str, dict[str, Any]]],
+    runs: list[tuple[str, dict[str, Any]]], chosen: set[str]
 ) -> tuple[list[GridRun], dict[str, list[str]], dict[str, list[str]]]:
-    """(valid runs, {problem: run names}, {warning: run names}); duplicate names are a problem too."""
+    """(valid runs, {problem: run names}, {warning: run names}); duplicate names are a problem too. Runs
+    not ``chosen`` (left out by --only) raise no problem and give no warning; invalid ones are dropped."""
     problems: dict[str, list[str]] = {}
     notes: dict[str, list[str]] = {}
     validated: list[GridRun] = []
@@ -365,11 +373,11 @@ def _validate(
         try:
             config = RunConfig.model_validate(layered)
         except ValidationError as err:
-            for line in describe_errors(err):
+            for line in describe_errors(err) if run_name in chosen else ():
                 problems.setdefault(line, []).append(run_name)
             continue
         validated.append(GridRun(run_name, config))
-        for note in config_warnings(config):
+        for note in config_warnings(config) if run_name in chosen else ():
             notes.setdefault(note, []).append(run_name)
     seen: dict[str, int] = {}
     for run_name, _ in runs:

@@ -12,7 +12,8 @@ so tests drive it with simulated probes on a CPU-only machine.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 
 from ..data import IMAGE_SHAPE, NUM_TEST, NUM_TRAIN
 from .expand import GridRun
@@ -83,6 +84,62 @@ def check_fit(probes: Sequence[MemoryProbe], runs_per_gpu: int) -> None:
             f"(measured), {runs_per_gpu} x {gib(largest.peak_bytes)} = {gib(needed)} > {gib(usable)} "
             f"({USABLE_SHARE:.0%} of the {gib(largest.total_bytes)} of {largest.device_name}); {way_out}."
         )
+
+
+# A lower bound of what one run needs, known before anything runs: enough to refuse a width or batch that
+# cannot fit (model.width 64 is 46 G parameters) at once, instead of minutes in or with the machine swapping.
+# ResNet-18's parameters grow with the square of the width (11.17 M at 1.0); the outputs of its 17 convs,
+# which backward keeps, are 557 056 values per image at width 1.0 (BN inputs and ReLU outputs come on top,
+# so real runs need ~3x this).
+PARAMETERS_AT_WIDTH_1 = 11_000_000
+CONV_OUTPUTS_PER_IMAGE = 557_056
+_STATE_BUFFERS = {"fused_sgdw": 1, "sgd": 1, "adam": 2, "adamw": 2, "nadam": 2}
+
+
+def least_bytes(run: GridRun, device_type: str) -> int:
+    """Bytes ``run`` needs at the least on a device of ``device_type``: fp32 weights, gradients and optimizer
+    state, the conv outputs of one batch (bf16 on a GPU unless fp32 is asked for), and the data set."""
+    c = run.config
+    parameters = int(PARAMETERS_AT_WIDTH_1 * c.model.width**2)
+    buffers = _STATE_BUFFERS[c.optimizer.name] if getattr(c.optimizer, "momentum", 1) else 0
+    low_precision = c.train.precision in ("bf16", "fp16") or (c.train.precision == "auto" and device_type == "cuda")
+    activations = CONV_OUTPUTS_PER_IMAGE * c.model.width * c.data.batch_size * (2 if low_precision else 4)
+    images = (c.data.train_subset or NUM_TRAIN) + (c.data.test_subset or NUM_TEST)
+    return int(parameters * 4 * (2 + buffers) + activations + images * IMAGE_BYTES)
+
+
+def check_sizes(
+    runs: Sequence[GridRun], memory_of: Callable[[str], tuple[int, str, str]], *, cpu_workers: int = 1
+) -> None:
+    """Raise :class:`DoesNotFit` for a run whose :func:`least_bytes` exceed its device's memory: on the CPU,
+    ``cpu_workers`` runs at once share the machine's memory (GPU packing is measured: :func:`check_fit`).
+    ``memory_of(train.device)`` gives (bytes, device type, description) of the device the run trains on."""
+    devices = {device: memory_of(device) for device in sorted({run.config.train.device for run in runs})}
+    for run in runs:
+        total, device_type, device = devices[run.config.train.device]
+        at_once = min(cpu_workers, len(runs)) if device_type == "cpu" else 1
+        needed = least_bytes(run, device_type)
+        if needed * at_once > total:
+            c = run.config
+            workers = f"; with --workers {cpu_workers}, {at_once} such runs at once" if at_once > 1 else ""
+            raise DoesNotFit(
+                f"run {run.name!r} needs at least {gib(needed)} (model.width {c.model.width:g}: "
+                f"{PARAMETERS_AT_WIDTH_1 * c.model.width**2 / 1e6:,.0f} M parameters; data.batch_size "
+                f"{c.data.batch_size}){workers}, more than the {gib(total)} of {device}; lower model.width "
+                f"(memory grows with its square) or data.batch_size{', or --workers' if at_once > 1 else ''}."
+            )
+
+
+def device_memory(device: str) -> tuple[int, str, str]:
+    """(total bytes, device type, description) of the device a run with ``train.device`` trains on here:
+    the GPU's memory, or the machine's RAM for the CPU. Reads the GPU's properties without allocating."""
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        index = int(device.partition(":")[2] or 0)  # auto and cuda: the first GPU
+        properties = torch.cuda.get_device_properties(index)
+        return int(properties.total_memory), "cuda", f"GPU {index} ({properties.name})"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "cpu", "this machine's memory"
 
 
 def members_fitting(one: MemoryProbe, two: MemoryProbe) -> int:

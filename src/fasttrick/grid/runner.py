@@ -40,6 +40,7 @@ from .estimate import warn_if_long
 from .execute import execute_unit
 from .expand import Grid, GridRun
 from .folder import GridLock, check_out_folder, lock_grid_folder, prepare_out_folder
+from .limits import check_limits
 from .options import check_execution
 
 __all__ = ["check_out_folder", "prepare_data", "run_grid"]
@@ -85,6 +86,7 @@ def run_grid(
 
         cluster = RayCluster.connect(address, session.log)  # before writing: no Ray, or no GPU for --gpus-per-run
     try:
+        check_limits(selected, out, local=cluster is None, workers=workers)
         if cluster is not None:
             cluster.check_packing(selected, gpus_per_run)
         elif workers > 1:

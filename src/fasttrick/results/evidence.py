@@ -34,7 +34,18 @@ class Inconclusive(Exception):
     """Raised by claim code when a study, a run or a number it needs is missing; the message says which."""
 
 
+def distinct_seeds(group: Group) -> None:
+    """Inconclusive when runs of the group repeat a seed: n runs of one seed are one measurement, not n."""
+    if repeated := group.repeated_seeds:
+        names = ", ".join(run.record.name for run in group.runs if run.config.get("seed") in repeated)
+        raise Inconclusive(
+            f"{group.label}: runs {names} were all trained with seed {', '.join(map(str, repeated))}; a spread "
+            "over one seed is not one over seeds (train each with its own seed)"
+        )
+
+
 def number(group: Group, key: str) -> Stat:
+    distinct_seeds(group)
     stat = group.stat(key)
     if stat is None:
         raise Inconclusive(f"{group.label} has no {key.replace('_', ' ')}")
@@ -112,6 +123,7 @@ def beats_all(subject: Group, others: Sequence[Group], key: str, wanted: int = 1
 def diagnosed(group: Group, mode: str, scope: str | None = None, wanted: bool = True) -> Part:
     """Whether every seed of group is diagnosed with mode (wanted=True) or none is (wanted=False). A seed
     whose run is too short for the mode makes it inconclusive: not judged is not healthy."""
+    distinct_seeds(group)
     outcomes = group.outcomes(mode, scope)
     what = f"{mode} ({scope})" if scope else mode
     counts = f"{what} in {outcomes.count(FLAGGED)} of {len(outcomes)} seeds of {group.label}"

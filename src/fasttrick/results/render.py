@@ -109,7 +109,8 @@ def _group_table(groups: Iterable[Group], with_study: bool) -> list[str]:
         )
         cells = [
             f"{group.name}: {describe(group.config)}",
-            ", ".join(str(seed) for seed in group.seeds),
+            ", ".join(str(seed) for seed in group.seeds)
+            + (" (repeated: no spread over seeds)" * bool(group.repeated_seeds)),
             status,
             pct(group.stat("final_val_acc")),
             pct(group.stat("best_val_acc")),

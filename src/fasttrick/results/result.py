@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +30,50 @@ RESULT_KEYS = (
     "wall_seconds",
     "status",
 )
+
+
+# What each metric may be (the trainer writes every one as a JSON number; NaN/inf only when a run diverges):
+# (lowest, highest) for a finite value. Anything else in a row -- an accuracy of 5.0, a negative time, "0.93"
+# as text, a boolean -- is not a measurement, and a row holding it is skipped as malformed.
+PLAUSIBLE = {
+    "train_acc": (0.0, 1.0),
+    "val_acc": (0.0, 1.0),
+    "train_loss": (0.0, math.inf),
+    "val_loss": (0.0, math.inf),
+    "lr": (0.0, math.inf),
+    "epoch_seconds": (0.0, math.inf),
+    "images_per_s": (0.0, math.inf),
+    "elapsed_seconds": (0.0, math.inf),
+}
+
+
+def malformed(row: Mapping[str, Any]) -> str | None:
+    """Why a metrics row cannot be a measurement (its first bad field), or None when it is plausible."""
+    epoch = row.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        return f"epoch {epoch!r} is not a whole number >= 0"
+    for key, (low, high) in PLAUSIBLE.items():
+        value = row.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{key} {value!r} is not a number"
+        if math.isfinite(value) and not low <= value <= high:
+            bounds = f"in {low:g}..{high:g}" if math.isfinite(high) else f">= {low:g}"
+            return f"{key} {value!r} is not {bounds}"
+    return None
+
+
+def plausible_rows(rows: Sequence[Mapping[str, Any]], where: str) -> list[dict[str, Any]]:
+    """``rows`` without the malformed ones, each named in a warning (file, epoch, field and value)."""
+    kept = []
+    for row in rows:
+        why = malformed(row)
+        if why is None:
+            kept.append(dict(row))
+        else:
+            warnings.warn(f"{where}: the row of epoch {row.get('epoch')!r} skipped as malformed: {why}", stacklevel=2)
+    return kept
 
 
 def run_result(metrics: Sequence[Mapping[str, Any]], status: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import yaml
 
 from ..runfiles import RunStatus, read_metrics, read_status
 from .diagnosis import Diagnosis, diagnose
-from .result import run_result
+from .result import malformed, plausible_rows, run_result
 
 GRID_FILE = "grid.yaml"
 # libyaml's loader, when PyYAML has it: a resolved config.yaml (560 bytes) parses in 3.3 ms instead of 29 ms on
@@ -120,18 +120,25 @@ def own_folder(path: Path) -> Path:
 
 
 def _read_run(run_dir: Path) -> RunRecord:
-    metrics = read_metrics(run_dir / "metrics.jsonl") if own_file(run_dir / "metrics.jsonl") else []
+    rows = read_metrics(run_dir / "metrics.jsonl") if own_file(run_dir / "metrics.jsonl") else []
+    metrics = plausible_rows(rows, str(run_dir / "metrics.jsonl"))
     state: dict[str, Any] = {}
     if own_file(run_dir / "status.json"):
         state = read_status(run_dir) or {"status": "unknown"}
         if state["status"] == "unknown":
             warnings.warn(f"{run_dir / 'status.json'}: unreadable; status shown as unknown", stacklevel=3)
     config = read_yaml(run_dir / "config.yaml")
+    epoch, message = state.get("epoch"), state.get("message")
+    if epoch is not None and malformed({"epoch": epoch}):
+        warnings.warn(
+            f"{run_dir / 'status.json'}: epoch {epoch!r} is malformed (not a whole number >= 0)", stacklevel=3
+        )
+        epoch = None
     return RunRecord(
         name=run_dir.name,
         status=str(state.get("status", "unknown" if metrics else RunStatus.PENDING)),
-        status_epoch=state.get("epoch"),
-        message=state.get("message"),
+        status_epoch=epoch,
+        message=None if message is None else str(message),
         metrics=metrics,
         config=config if isinstance(config, dict) else {},
     )

@@ -93,6 +93,12 @@ class Group:
         return [run.config.get("seed") for run in self.runs]
 
     @property
+    def repeated_seeds(self) -> list[Any]:
+        """Seeds that more than one run of the group was trained with: their spread is no spread over seeds."""
+        seeds = [seed for seed in self.seeds if seed is not None]
+        return sorted({seed for seed in seeds if seeds.count(seed) > 1}, key=repr)
+
+    @property
     def epochs(self) -> list[int]:
         """Each seed's last finished epoch."""
         return [run.record.result["epochs"] for run in self.runs]
