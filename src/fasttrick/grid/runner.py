@@ -56,6 +56,17 @@ def prepare_data(runs: Sequence[GridRun], session: Session) -> None:
         session.log(f"data: CIFAR-10 cache ready ({root or 'FASTTRICK_DATA'}) in {time.perf_counter() - start:.1f} s")
 
 
+def _check_before_writing(selected, out: Path, cluster, workers: int, gpus_per_run: float | None) -> None:
+    """What refuses a grid before its folder is touched: the limits, and the packing of runs on the executor."""
+    check_limits(selected, out, local=cluster is None, workers=workers)
+    if cluster is not None:
+        cluster.check_packing(selected, gpus_per_run)
+    elif workers > 1:
+        from .workers import check_packing
+
+        check_packing(selected, workers)
+
+
 def run_grid(
     grid: Grid,
     out: str | Path,
@@ -86,13 +97,7 @@ def run_grid(
 
         cluster = RayCluster.connect(address, session.log)  # before writing: no Ray, or no GPU for --gpus-per-run
     try:
-        check_limits(selected, out, local=cluster is None, workers=workers)
-        if cluster is not None:
-            cluster.check_packing(selected, gpus_per_run)
-        elif workers > 1:
-            from .workers import check_packing
-
-            check_packing(selected, workers)
+        _check_before_writing(selected, out, cluster, workers, gpus_per_run)
         with lock_grid_folder(out) as lock:  # held until the grid ends: one writer per grid folder
             check_out_folder(selected, out, fresh)
             states = prepare_out_folder(grid, selected, lock, fresh=fresh, restart_failed=restart_failed)
