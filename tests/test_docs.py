@@ -35,6 +35,8 @@ COMMANDS = {
     "python -m fasttrick.train --list": RUN,
     "python -m fasttrick.train --config group2": DRY,
     "python -m fasttrick.train --config group2 --dry-run": RUN,
+    "python -m fasttrick.train --config smoke --sweep optimizer.lr=0.05,0.1 --dry-run": RUN,
+    "python -m fasttrick.train --config configs/smoke.yaml --sweep optimizer.weight_decay=0,5e-4 --sweep seed=0,1 --dry-run": RUN,
     "python -m fasttrick.report runs/*/": RUN,
     "python -m pytest benchmarks/ --benchmark-only --benchmark-json=bench.json && python benchmarks/summarize.py "
     "bench.json": "the benchmarks take several minutes; benchmarks/ tests summarize.py",
