@@ -399,7 +399,9 @@ def finished_runs(synthetic, tmp_path_factory):
 
 
 def plant(run_dir, data: bytes):
+    """A checkpoint planted in a run folder of a grid folder (its lock file marks it one)."""
     run_dir.mkdir(parents=True)
+    (run_dir.parent / ".fasttrick-grid.lock").touch()
     (run_dir / "checkpoint.pt").write_bytes(data)
 
 
