@@ -349,6 +349,7 @@ class _Array:
         rt, count = self.rt, len(self.members)
         self.module.eval()
         batch_size = self.members[0].run.data.batch_size
+        per_member = self.module.runs_per_member(rt.device)  # each member's loss as its separate run computes it
         loss_sums = torch.zeros(count, device=rt.device, dtype=torch.float64)
         correct = torch.zeros(count, device=rt.device, dtype=torch.int64)
         total = 0
@@ -359,9 +360,7 @@ class _Array:
                 images = torch.cat([images, filler]).contiguous(memory_format=torch.channels_last)
             with autocast(rt):
                 logits = self.forward(images)[:n].float()
-            loss_sums += member_cross_entropy(
-                logits, labels, reduction="sum", per_member=self.module.runs_per_member(rt.device)
-            ).double()
+            loss_sums += member_cross_entropy(logits, labels, reduction="sum", per_member=per_member).double()
             correct += (logits.argmax(2) == labels[:, None]).sum(0)
             total += n
         sync(rt.device)
