@@ -83,7 +83,9 @@ def test_pyproject_splits_the_optimizer_from_the_study_runner():
     assert names == {"torch", "triton"}
     extras = project["optional-dependencies"]
     study = {req.split(">")[0].split("=")[0].strip() for req in extras["study"]}
-    assert study == set(_backend.STUDY_MODULES.values())  # the CLI's message names the same packages
+    # The CLI's message names the same packages, less tensorboard: without it a run logs no event files and
+    # says so once (fasttrick.engine.board), so it is installed with the study but not required by it.
+    assert study == set(_backend.STUDY_MODULES.values()) | {"tensorboard"}
     # The README's quick start installs ".[dev]" (scripts/setup.sh): everything, study runner included.
     assert any(
         req.startswith("fasttrick[") and {"study", "dali", "ray"} <= set(req[10:-1].split(",")) for req in extras["dev"]
