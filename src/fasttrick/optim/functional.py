@@ -145,7 +145,9 @@ def _update_function(backend: str, device: torch.device, kernel: bool, different
 
 
 def _warn_per_tensor(cause: str) -> None:
-    if cause in _WARNED:
+    # Not while torch.compile traces: torch 2.11's Dynamo cannot trace warnings.warn (2.14's can), and that
+    # graph break fails a fullgraph compile. An eager step of the same tensors warns.
+    if cause in _WARNED or torch.compiler.is_compiling():
         return
     _WARNED.add(cause)
     warnings.warn(

@@ -270,7 +270,7 @@ class FusedSGDW(Optimizer):
             grads: list[Tensor] = []
             buffers: list[Tensor | None] = []
             rounds = self._init_group(group, params, grads, buffers)
-            steps.append((group, _split_rounds(params, grads, buffers, rounds), bool(buffers)))
+            steps.append((group, _split_rounds(params, grads, buffers, rounds), _has_buffers(group)))
         for group, calls, _ in steps:
             hyper = torch.stack(_member_columns(group), dim=1) if group["members"] > 1 else None
             for params, grads, buffers in calls:
